@@ -1,0 +1,8 @@
+"""edgeconv's device side: preprocessing and inference with numpy, Pillow and one engine.
+
+Nothing here imports TensorFlow, Keras, train/ or export/.
+"""
+
+from runtime.preprocess import PREPROCESSING, ImageError, load_image
+
+__all__ = ["PREPROCESSING", "ImageError", "load_image"]

@@ -1,0 +1,128 @@
+"""The one image pipeline: decode -> orient -> RGB -> resize, as uint8 pixels.
+
+Training, calibration, parity checks and the device all call `load_image`, so a photo is
+turned into model input the same way everywhere. Scaling to [0, 1] happens inside the model
+(a Rescaling layer), so every consumer feeds the raw 0..255 pixels this returns.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+# Recorded in every exported model so a device can check it resizes the same way.
+PREPROCESSING = {
+    "color": "RGB",
+    "exif_orientation": True,
+    "resize": "bilinear",
+    "input_range": [0, 255],
+    "scaling": "in-model",
+}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# Refuse images whose header claims more pixels than this before decoding them: a
+# decompression bomb must not take a small device's memory. 64 MP covers any camera photo.
+MAX_PIXELS = 64_000_000
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image: empty, corrupt, truncated or too large."""
+
+
+def load_image(source: ImageSource, size: tuple[int, int] = (150, 150)) -> np.ndarray:
+    """Return `source` as a (height, width, 3) uint8 RGB array resized to `size` (h, w).
+
+    `source` is a path, encoded bytes, a PIL image or an RGB/grayscale numpy array.
+    Raises ImageError with a one-line reason for anything that is not a usable image.
+    """
+    image = open_image(source)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block must not lose an otherwise good photo
+        pass
+    image = to_rgb(image)
+    height, width = size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (gray, 16-bit, palette, alpha, CMYK) to 8-bit RGB."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image, dtype=np.float64)
+        # 16-bit data is scaled down, not clipped; a 32-bit "I" image holding 8-bit values stays.
+        peak = 65535.0 if image.mode != "I" or pixels.max(initial=0) > 255 else 255.0
+        pixels = np.clip(pixels * (255.0 / peak), 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(pixels, mode="L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """Open and fully decode `source`; raise ImageError if it is not a whole, sane image."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:
+        if isinstance(source, bytes):
+            data = source
+        else:
+            data = Path(source).read_bytes()
+    except OSError as error:
+        raise ImageError(f"{name}: cannot read ({error.strerror or error})") from None
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about odd EXIF; we report real faults
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(
+                    f"{name}: {width}x{height} is over the {MAX_PIXELS // 1_000_000} MP limit"
+                )
+            image.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: too many pixels (decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{name}: corrupt or truncated image ({error})") from None
+    return image
+
+
+def _from_array(pixels: np.ndarray) -> Image.Image:
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (3, 4)):
+        raise ImageError(f"array of shape {pixels.shape} is not an image")
+    if pixels.dtype != np.uint8:
+        pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def is_image_file(path: Path) -> bool:
+    """True when the file name has an image extension (the content is checked on load)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real photos, a private decode cache, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "cats_and_dogs_small"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Decoded-image caches go to a temporary folder, shared by the whole session."""
+    os.environ["EDGECONV_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real photos; missing data fails the test (CI must not pass by skipping)."""
+    data = Path(os.environ.get("EDGECONV_TEST_DATA", DEFAULT_DATA))
+    if not (data / "train").is_dir():
+        pytest.fail(f"real photos not found at {data}; set EDGECONV_TEST_DATA")
+    return data
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600,
+               **kwargs) -> subprocess.CompletedProcess:
+    """Run one of the repo's scripts the way a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env={**os.environ, **(env or {})}, **kwargs,
+    )

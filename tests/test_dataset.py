@@ -1,0 +1,72 @@
+"""Finding and decoding a folder-of-classes dataset."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from train.dataset import DataError, find_dataset, load_split
+
+
+def make_dataset(root, classes=("cats", "dogs"), per_class=3, splits=("train", "validation",
+                 "test")):
+    for split in splits:
+        for index, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for number in range(per_class):
+                colour = (200 * index, 50, 100 + number)
+                Image.new("RGB", (60, 40), colour).save(folder / f"{name}.{number + 1}.jpg")
+    return root
+
+
+def test_classes_are_sorted_folder_names_and_files_sort_naturally(tmp_path):
+    root = make_dataset(tmp_path / "d", classes=("dogs", "cats"), per_class=11)
+    dataset = find_dataset(root, limit=3)
+    assert dataset.classes == ["cats", "dogs"]
+    names = [path.name for path, _ in dataset.splits["train"]]
+    assert names == ["cats.1.jpg", "cats.2.jpg", "cats.3.jpg",
+                     "dogs.1.jpg", "dogs.2.jpg", "dogs.3.jpg"]
+    assert dataset.counts("test") == [3, 3]
+
+
+def test_load_split_decodes_once_then_reads_the_cache(tmp_path, monkeypatch):
+    dataset = find_dataset(make_dataset(tmp_path / "d"))
+    images, labels = load_split(dataset, "train", (20, 30))
+    assert images.shape == (6, 20, 30, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr("train.dataset.load_image", no_decoding)
+    again, _ = load_split(dataset, "train", (20, 30))
+    assert np.array_equal(images, again)
+
+    # A changed photo changes the key: it is decoded again, not served stale.
+    Image.new("RGB", (60, 40), "white").save(dataset.splits["train"][0][0])
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_split(dataset, "train", (20, 30))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda root: None, "data folder not found"),
+        (lambda root: make_dataset(root, splits=("train", "validation")), "split folder missing"),
+        (lambda root: make_dataset(root, classes=("cats",)), "need at least two"),
+        (lambda root: [p.unlink() for p in (make_dataset(root) / "test" / "dogs").iterdir()],
+         "no images"),
+    ],
+)
+def test_layout_errors_name_the_path(tmp_path, damage, message):
+    root = tmp_path / "d"
+    damage(root)
+    with pytest.raises(DataError, match=message):
+        find_dataset(root)
+
+
+def test_an_unreadable_training_image_is_a_clear_error(tmp_path):
+    root = make_dataset(tmp_path / "d")
+    (root / "train" / "cats" / "cats.2.jpg").write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(DataError, match=r"cats\.2\.jpg.*train split"):
+        load_split(find_dataset(root), "train")

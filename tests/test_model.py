@@ -1,0 +1,87 @@
+"""The seed architecture and the augmentation layer."""
+
+import keras
+import numpy as np
+import pytest
+
+from train.augment import RandomAffine
+from train.model import build_model, count_macs
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_seed_model_has_the_books_parameter_count(dropout):
+    model = build_model(2, dropout)
+    assert model.count_params() == 3_453_121
+    assert model.output_shape == (None, 1)
+    assert model.layers[-1].activation.__name__ == "sigmoid"
+    assert any(isinstance(layer, keras.layers.Dropout) for layer in model.layers) == bool(dropout)
+
+
+def test_seed_model_layers_in_order():
+    kinds = [type(layer).__name__ for layer in build_model().layers]
+    assert kinds == ["Rescaling"] + ["Conv2D", "MaxPooling2D"] * 4 + ["Flatten", "Dense", "Dense"]
+    filters = [layer.filters for layer in build_model().layers if hasattr(layer, "filters")]
+    assert filters == [32, 64, 128, 128]
+
+
+def test_more_classes_get_a_softmax_head_on_the_same_body():
+    model = build_model(5)
+    assert model.output_shape == (None, 5)
+    assert model.layers[-1].activation.__name__ == "softmax"
+    assert model.count_params() == 3_453_121 - 513 + 513 * 5
+
+
+def test_inputs_are_raw_pixels_scaled_inside_the_model():
+    model = build_model()
+    x = np.full((1, 150, 150, 3), 255.0, np.float32)
+    assert np.allclose(model.layers[0](x), 1.0)
+
+
+def test_macs_of_the_seed_model():
+    assert count_macs(build_model()) == 236_095_488
+
+
+def test_mixed_precision_keeps_a_float32_head():
+    model = build_model(dtype="mixed_bfloat16")
+    assert model.layers[1].compute_dtype == "bfloat16"
+    assert model.layers[-1].compute_dtype == "float32"
+
+
+def images(count=4, size=32):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (count, size, size, 3)).astype(np.float32)
+
+
+def test_augmentation_is_identity_at_inference():
+    x = images()
+    assert np.array_equal(np.asarray(RandomAffine(seed=1)(x, training=False)), x)
+
+
+def test_augmentation_with_zero_ranges_is_identity_in_training():
+    layer = RandomAffine(rotation=0, shift=0, shear=0, zoom=0, horizontal_flip=False, seed=1)
+    assert np.allclose(np.asarray(layer(images(), training=True)), images(), atol=1e-3)
+
+
+def test_flip_only_mirrors_some_images_exactly():
+    layer = RandomAffine(rotation=0, shift=0, shear=0, zoom=0, horizontal_flip=True, seed=3)
+    x = images(16)
+    out = np.asarray(layer(x, training=True))
+    mirrored = [np.allclose(o, i[:, ::-1], atol=1e-3) for o, i in zip(out, x)]
+    unchanged = [np.allclose(o, i, atol=1e-3) for o, i in zip(out, x)]
+    assert all(m or u for m, u in zip(mirrored, unchanged))
+    assert 0 < sum(mirrored) < 16
+
+
+def test_full_augmentation_changes_images_and_keeps_their_range():
+    x = images(8, 64)
+    out = np.asarray(RandomAffine(seed=5)(x, training=True))
+    assert out.shape == x.shape
+    assert not np.allclose(out, x)
+    assert out.min() >= 0 and out.max() <= 255
+
+
+def test_augmentation_survives_save_and_load(tmp_path):
+    model = keras.Sequential([keras.Input((32, 32, 3)), RandomAffine(rotation=10, seed=2)])
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.layers[0].get_config()["rotation"] == 10

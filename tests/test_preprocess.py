@@ -1,0 +1,108 @@
+"""runtime.preprocess.load_image: one decode path for every kind of input."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.preprocess import MAX_PIXELS, ImageError, load_image
+
+
+def save(image: Image.Image, path, **options):
+    image.save(path, **options)
+    return path
+
+
+def halves(width=40, height=20) -> Image.Image:
+    """Left half red, right half blue."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 2] = (255, 0, 0)
+    pixels[:, width // 2 :] = (0, 0, 255)
+    return Image.fromarray(pixels)
+
+
+def test_returns_uint8_rgb_at_the_requested_size(tmp_path):
+    path = save(halves(), tmp_path / "a.jpg", quality=95)
+    pixels = load_image(path, (30, 50))
+    assert pixels.shape == (30, 50, 3) and pixels.dtype == np.uint8
+    assert pixels[15, 5, 0] > 200 and pixels[15, 45, 2] > 200
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: display rotated 90 degrees clockwise
+    path = save(halves(), tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    pixels = load_image(path, (40, 20))  # upright the photo is 20 wide, 40 high
+    top, bottom = pixels[5, 10], pixels[35, 10]
+    assert top[0] > 200 and top[2] < 60  # the red (left) half is now on top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "P", "1"])
+def test_other_modes_become_rgb(tmp_path, mode):
+    image = halves().convert(mode)
+    path = save(image, tmp_path / f"x.{'jpg' if mode in ('L', 'CMYK') else 'png'}")
+    pixels = load_image(path, (20, 40))
+    assert pixels.shape == (20, 40, 3)
+    expected = np.asarray(halves().convert(mode).convert("RGB").resize((40, 20)), np.int16)
+    assert np.abs(pixels.astype(np.int16) - expected).mean() < 12
+
+
+def test_rgba_transparency_is_composited_on_white(tmp_path):
+    pixels = np.zeros((10, 10, 4), np.uint8)
+    pixels[..., 2] = 255
+    pixels[:, 5:, 3] = 255  # left half transparent, right half opaque blue
+    path = save(Image.fromarray(pixels, "RGBA"), tmp_path / "alpha.png")
+    out = load_image(path, (10, 10))
+    assert tuple(out[5, 1]) == (255, 255, 255)
+    assert tuple(out[5, 8]) == (0, 0, 255)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
+    path = save(Image.fromarray(ramp), tmp_path / "deep.png")
+    assert Image.open(path).mode.startswith("I")
+    out = load_image(path, (8, 64))[..., 0].astype(int)
+    assert out[0, 0] <= 2 and out[0, -1] >= 253
+    assert 110 <= out[0, 32] <= 145  # mid-grey stays mid-grey instead of saturating
+
+
+def test_arrays_pil_images_bytes_and_paths_agree(tmp_path):
+    path = save(halves(), tmp_path / "a.png")
+    from_path = load_image(path, (15, 15))
+    assert np.array_equal(from_path, load_image(path.read_bytes(), (15, 15)))
+    assert np.array_equal(from_path, load_image(Image.open(path), (15, 15)))
+    assert np.array_equal(from_path, load_image(np.asarray(halves()), (15, 15)))
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "empty"),
+        (b"hello, not a picture", "not an image"),
+        ("truncated", "corrupt or truncated"),
+        ("bomb", "MP limit"),
+    ],
+)
+def test_bad_inputs_raise_one_line_image_errors(tmp_path, content, reason):
+    if content == "truncated":
+        whole = io.BytesIO()
+        halves(400, 300).save(whole, "JPEG")
+        content = whole.getvalue()[: len(whole.getvalue()) // 2]
+    elif content == "bomb":  # a tiny file whose header claims a huge picture
+        side = int(MAX_PIXELS**0.5) + 100
+        whole = io.BytesIO()
+        Image.new("1", (side, side)).save(whole, "PNG")
+        content = whole.getvalue()
+        assert len(content) < 2_000_000
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=reason) as caught:
+        load_image(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_missing_file_raises_image_error(tmp_path):
+    with pytest.raises(ImageError, match="cannot read"):
+        load_image(tmp_path / "nope.jpg")

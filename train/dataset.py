@@ -1,0 +1,128 @@
+"""Find a folder-of-classes dataset and decode it, once, into uint8 arrays.
+
+Layout: DIR/{train,validation,test}/<class>/<images>. Classes are the folder names, sorted.
+Decoded arrays are cached on disk (EDGECONV_CACHE, default ~/.cache/edgeconv), keyed by the
+files' names, sizes and modification times, so repeated runs skip the JPEG decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.files import atomic_path
+from runtime.preprocess import ImageError, is_image_file, load_image
+from runtime.progress import progress
+
+SPLITS = ("train", "validation", "test")
+_CACHE_VERSION = "1"  # bump when runtime.preprocess changes what load_image returns
+
+
+class DataError(Exception):
+    """A problem with the user's data, reported as one line."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    classes: list[str]
+    splits: dict[str, list[tuple[Path, int]]]  # split -> [(file, class index)]
+
+    def counts(self, split: str) -> list[int]:
+        labels = [label for _, label in self.splits[split]]
+        return [labels.count(index) for index in range(len(self.classes))]
+
+
+def natural_key(path: Path) -> list:
+    """Sort cat.2.jpg before cat.10.jpg."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def find_dataset(
+    root: str | os.PathLike, splits: tuple[str, ...] = SPLITS, limit: int | None = None
+) -> Dataset:
+    """Index DIR/<split>/<class>/<images>; `limit` keeps the first N files per class and split."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: data folder not found; pass --data DIR or set EDGECONV_DATA "
+            "(python train/prepare_data.py --download builds one)"
+        )
+    for split in splits:
+        if not (root / split).is_dir():
+            raise DataError(
+                f"{root / split}: split folder missing; expected "
+                f"{root}/{{{','.join(splits)}}}/<class>/<images>"
+            )
+    classes = sorted(p.name for p in (root / splits[0]).iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise DataError(
+            f"{root / splits[0]}: found {len(classes)} class folder(s); need at least two "
+            "(one folder of images per class)"
+        )
+    files: dict[str, list[tuple[Path, int]]] = {}
+    for split in splits:
+        found = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+        if found != classes:
+            raise DataError(f"{root / split}: classes {found} differ from {splits[0]}'s {classes}")
+        files[split] = []
+        for index, name in enumerate(classes):
+            images = sorted(
+                (p for p in (root / split / name).iterdir() if p.is_file() and is_image_file(p)),
+                key=natural_key,
+            )
+            if not images:
+                raise DataError(f"{root / split / name}: no images in this class folder")
+            files[split] += [(path, index) for path in images[:limit]]
+    return Dataset(root, classes, files)
+
+
+def load_split(
+    dataset: Dataset, split: str, size: tuple[int, int] = (150, 150)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (images uint8 [N, h, w, 3], labels int32 [N]) for one split, decoded once."""
+    entries = dataset.splits[split]
+    labels = np.array([label for _, label in entries], dtype=np.int32)
+    cache = _cache_file(entries, size)
+    if cache is not None and cache.exists():
+        with np.load(cache) as stored:
+            return stored["images"], labels
+    images = np.empty((len(entries), *size, 3), dtype=np.uint8)
+
+    def decode(index: int) -> int:
+        path = entries[index][0]
+        try:
+            images[index] = load_image(path, size)
+        except ImageError as error:
+            raise DataError(
+                f"{error}; remove it from the {split} split (train/prepare_data.py filters "
+                "bad files)"
+            ) from None
+        return index
+
+    # Pillow releases the GIL while decoding and resizing, so threads use every core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for _ in progress(pool.map(decode, range(len(entries))), len(entries), f"decode {split}"):
+            pass
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            np.savez(tmp, images=images)
+    return images, labels
+
+
+def _cache_file(entries: list[tuple[Path, int]], size: tuple[int, int]) -> Path | None:
+    folder = os.environ.get("EDGECONV_CACHE", str(Path.home() / ".cache" / "edgeconv"))
+    if folder.lower() in ("", "0", "off", "none"):
+        return None
+    digest = hashlib.sha256(f"{_CACHE_VERSION} {size}".encode())
+    for path, _ in entries:
+        stat = path.stat()
+        digest.update(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder) / f"images-{digest.hexdigest()[:24]}.npz"
