@@ -7,16 +7,16 @@ turned into model input the same way everywhere. Scaling to [0, 1] happens insid
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 # Recorded in every exported model so a device can check it resizes the same way.
 PREPROCESSING = {
@@ -46,10 +46,8 @@ def load_image(source: ImageSource, size: tuple[int, int] = (150, 150)) -> np.nd
     Raises ImageError with a one-line reason for anything that is not a usable image.
     """
     image = open_image(source)
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block must not lose a good photo
         image = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block must not lose an otherwise good photo
-        pass
     image = to_rgb(image)
     height, width = size
     if image.size != (width, height):
@@ -84,10 +82,7 @@ def open_image(source: ImageSource) -> Image.Image:
         return _from_array(source)
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
-        if isinstance(source, bytes):
-            data = source
-        else:
-            data = Path(source).read_bytes()
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except OSError as error:
         raise ImageError(f"{name}: cannot read ({error.strerror or error})") from None
     if not data:

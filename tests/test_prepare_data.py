@@ -8,9 +8,9 @@ import threading
 import zipfile
 
 import pytest
+from conftest import run_script
 from PIL import Image
 
-from conftest import run_script
 from train.download import DownloadError, download
 
 SPLIT_ARGS = ["--train", "3", "--validation", "2", "--test", "1"]
@@ -162,6 +162,8 @@ def test_download_resumes_a_partial_file_and_checks_size_and_sha(tmp_path, serve
     assert dest.read_bytes() == payload
     assert server.ranges == [f"bytes={len(payload) // 2}-"]
     assert not (tmp_path / "pets.zip.part").exists()
+    download(server.url, dest, size=len(payload))  # already there and whole: no request
+    assert len(server.ranges) == 1
 
 
 def test_download_with_a_wrong_checksum_keeps_nothing(tmp_path, server):

@@ -53,6 +53,12 @@ def download(url: str, dest: Path, size: int | None = None, sha256: str | None =
     return dest
 
 
+def _verified(path: Path, size: int | None, sha256: str | None) -> bool:
+    if size is not None and path.stat().st_size != size:
+        return False
+    return sha256 is None or sha256_of(path).lower() == sha256.lower()
+
+
 def _fetch(url: str, part: Path, offset: int, size: int | None, timeout: float) -> None:
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     request = urllib.request.Request(url, headers=headers)

@@ -1,0 +1,132 @@
+"""train/run.py end to end on real photos: artifacts, resume after SIGKILL, errors, JAX."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import REPO, run_script
+
+
+@pytest.fixture(scope="module")
+def quick_run(real_data, tmp_path_factory):
+    """A short baseline run on 60 real photos per class, trained once for the module."""
+    out = tmp_path_factory.mktemp("runs") / "baseline"
+    result = run_script("train/run.py", "--data", real_data, "--recipe", "baseline",
+                        "--limit", "60", "--epochs", "4", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_short_real_run_learns_and_writes_every_artifact(quick_run, real_data):
+    out, result = quick_run
+    history = json.loads((out / "history.json").read_text())
+    assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(history["loss"]) == 4
+    assert history["loss"][-1] < history["loss"][0]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"] == 3_453_121
+    assert metrics["classes"] == ["cats", "dogs"]
+    assert metrics["recipe"] == "baseline" and metrics["epochs"] == 4
+    assert metrics["backend"] == "tensorflow" and metrics["keras_version"] == keras.__version__
+    assert np.array(metrics["confusion_matrix"]).sum() == 120  # 60 test photos per class
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["images_per_second"] > 0
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("checkpoint-*.keras")), "finished runs drop the checkpoint"
+    assert "test accuracy" in result.stdout
+
+
+def test_saved_model_is_float32_and_reproduces_the_reported_accuracy(quick_run, real_data):
+    out, _ = quick_run
+    from train.dataset import find_dataset, load_split
+    from train.report import predict_labels
+
+    model = keras.saving.load_model(out / "model.keras")
+    assert {w.dtype for w in model.weights} == {"float32"}
+    assert all(layer.compute_dtype == "float32" for layer in model.layers)
+    images, labels = load_split(find_dataset(real_data, limit=60), "test")
+    predicted, _ = predict_labels(model, images)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert float((predicted == labels).mean()) == pytest.approx(metrics["test_accuracy"])
+
+
+def test_the_same_out_folder_is_refused_without_resume(quick_run, real_data):
+    out, _ = quick_run
+    again = run_script("train/run.py", "--data", real_data, "--limit", "60", "--epochs", "4",
+                       "--out", out)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    other = run_script("train/run.py", "--data", real_data, "--recipe", "augmented",
+                       "--limit", "60", "--out", out, "--resume")
+    assert other.returncode == 2 and "different run" in other.stderr
+    assert "Traceback" not in again.stderr + other.stderr
+
+
+def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp_path):
+    out = tmp_path / "killed"
+    args = ["--data", real_data, "--recipe", "augmented", "--limit", "50", "--epochs", "3",
+            "--batch-size", "8", "--out", out]
+    process = subprocess.Popen([sys.executable, str(REPO / "train/run.py"), *map(str, args)],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_file = out / "state.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if state_file.exists() and json.loads(state_file.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch
+    assert process.poll() is None, "training ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = json.loads(state_file.read_text())
+    assert before["epoch"] in (1, 2) and (out / before["checkpoint"]).exists()
+    assert not (out / "model.keras").exists()
+
+    resumed = run_script("train/run.py", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {out} at epoch {before['epoch'] + 1} of 3" in resumed.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == 3
+    assert history["loss"][: before["epoch"]] == before["history"]["loss"]
+    assert (out / "model.keras").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "/nonexistent/photos"], "data folder not found"),
+        (["--data", "{tmp}"], "split folder missing"),
+        (["--epochs", "0"], "must be at least 1"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(real_data, tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--data" not in args:
+        args += ["--data", str(real_data)]
+    result = run_script("train/run.py", *args, "--out", tmp_path / "run")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_default_data_prints_the_prepare_command(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "EDGECONV_DATA"}
+    result = subprocess.run([sys.executable, str(REPO / "train/run.py"), "--out", "run"],
+                            cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert "python train/prepare_data.py --download" in result.stderr
+
+
+def test_jax_backend_trains_the_same_model(real_data, tmp_path):
+    out = tmp_path / "jax"
+    result = run_script("train/run.py", "--data", real_data, "--recipe", "augmented",
+                        "--limit", "16", "--epochs", "2", "--out", out,
+                        env={"KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backend"] == "jax" and metrics["params"] == 3_453_121
+    assert len(json.loads((out / "history.json").read_text())["loss"]) == 2
