@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Convert a trained Keras model to TFLite, with its metadata inside the file.
+
+  python export/to_tflite.py MODEL_OR_RUN_DIR --quantize {float32,float16,dynamic,int8}
+
+int8 is full-integer quantization (integer-only builtin ops), calibrated on real images
+preprocessed exactly as in training: by default up to 300 from the run's training split.
+With uint8 input (the default for int8) the model takes the raw 0..255 pixels unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
+
+from export.common import (  # noqa: E402
+    ExportError,
+    Source,
+    build_metadata,
+    calibration_set,
+    output_path,
+)
+from runtime.files import atomic_path  # noqa: E402
+from runtime.metadata import METADATA_KEY  # noqa: E402
+
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+
+
+def convert(source: Source, quantize: str, io_type: str, calibration: Path | None = None,
+            calibration_size: int = 300) -> tuple[bytes, dict]:
+    """Return (flatbuffer bytes with metadata, metadata)."""
+    import numpy as np
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(source.model)
+    described = None
+    if quantize in ("float16", "dynamic", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        images, described = calibration_set(source, calibration, calibration_size)
+
+        def representative():
+            for image in images:
+                yield [image[np.newaxis].astype(np.float32)]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_type != "float32":
+            converter.inference_input_type = getattr(tf, io_type)
+            converter.inference_output_type = getattr(tf, io_type)
+    try:
+        flatbuffer = converter.convert()
+    except Exception as error:  # the converter raises assorted internal errors
+        raise ExportError(f"TFLite conversion failed: {str(error).splitlines()[0]}") from None
+    input_detail = _input_detail(flatbuffer)
+    quantization = input_detail["quantization"]
+    metadata = build_metadata(
+        source, fmt="tflite", quantization=quantize,
+        input_dtype=np.dtype(input_detail["dtype"]).name,
+        input_quantization=list(map(float, quantization)) if quantization[0] else None,
+        calibration=described)
+    return add_metadata(flatbuffer, json.dumps(metadata).encode()), metadata
+
+
+def add_metadata(flatbuffer: bytes, payload: bytes) -> bytes:
+    """Append a Model.metadata entry named "edgeconv" holding `payload`."""
+    import flatbuffers
+    import numpy as np
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(payload, dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_KEY, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_KEY.encode()]
+    model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(flatbuffer) + len(payload) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _input_detail(flatbuffer: bytes) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=flatbuffer).get_input_details()[0]
+
+
+def export(source: Source, quantize: str, out: Path | None = None, io_type: str = "uint8",
+           calibration: Path | None = None, calibration_size: int = 300) -> Path:
+    """Convert and write atomically; returns the file written."""
+    path = output_path(out, source, f"{quantize}.tflite")
+    flatbuffer, _ = convert(source, quantize, io_type, calibration, calibration_size)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(flatbuffer)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="export/to_tflite.py", description=__doc__.split(
+        "\n\n")[0].strip(), epilog="Example: python export/to_tflite.py runs/augmented "
+        "--quantize int8")
+    parser.add_argument("model", type=Path, help="model.keras or a train/run.py run folder")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="float32",
+                        help="float32 (default), float16 weights, dynamic-range int8 weights, "
+                        "or full int8 calibrated on real images")
+    parser.add_argument("--calibration", type=Path, help="images for int8 calibration "
+                        "(default: the run's training split)")
+    parser.add_argument("--calibration-size", type=int, default=300,
+                        help="calibration images to use (default: %(default)s)")
+    parser.add_argument("--io", choices=("uint8", "int8", "float32"), default="uint8",
+                        help="int8 model input/output type (default: uint8, raw pixels)")
+    parser.add_argument("--out", type=Path, help="output file (default: beside the model, "
+                        "model_<quantize>.tflite)")
+    args = parser.parse_args(argv)
+    try:
+        source = Source(args.model)
+        path = export(source, args.quantize, args.out, args.io, args.calibration,
+                      args.calibration_size)
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{path} ({path.stat().st_size / 1e6:.2f} MB, {args.quantize})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
