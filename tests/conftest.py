@@ -37,3 +37,16 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: float 
         capture_output=True, text=True, timeout=timeout, cwd=REPO,
         env={**os.environ, **(env or {})}, **kwargs,
     )
+
+
+@pytest.fixture(scope="session")
+def trained_run(real_data, tmp_path_factory):
+    """A short baseline run on 150 real photos per class, trained once for the session.
+
+    Ten epochs leave the model confident enough that quantization parity is meaningful.
+    """
+    out = tmp_path_factory.mktemp("runs") / "baseline"
+    result = run_script("train/run.py", "--data", real_data, "--recipe", "baseline",
+                        "--limit", "150", "--epochs", "10", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result

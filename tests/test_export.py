@@ -1,0 +1,132 @@
+"""export/: all six artifacts from a model trained on real photos, metadata, parity, errors."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, run_script
+
+from runtime.metadata import ModelFileError, read_metadata
+
+TFLITE = ("float32", "float16", "dynamic", "int8")
+ARTIFACTS = [f"model_{q}.tflite" for q in TFLITE] + ["model_float.onnx", "model_int8.onnx"]
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run):
+    run_dir, _ = trained_run
+    for quantize in TFLITE:
+        result = run_script("export/to_tflite.py", run_dir, "--quantize", quantize)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"model_{quantize}.tflite" in result.stdout
+    for extra in ([], ["--quantize", "int8"]):
+        result = run_script("export/to_onnx.py", run_dir, *extra)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+def test_six_artifacts_with_the_expected_sizes(exported):
+    sizes = {name: (exported / name).stat().st_size / 1e6 for name in ARTIFACTS}
+    assert 13.5 < sizes["model_float32.tflite"] < 14.5  # 3.45 M float32 weights
+    assert 6.5 < sizes["model_float16.tflite"] < 7.5
+    for name in ("model_dynamic.tflite", "model_int8.tflite", "model_int8.onnx"):
+        assert 3.2 < sizes[name] < 4.0, name
+    assert 13.5 < sizes["model_float.onnx"] < 14.5
+    assert not list(exported.glob(".*")), "temporary files left behind"
+
+
+def test_metadata_reads_back_and_classifies_without_tensorflow(exported, real_data):
+    script = f"""
+import json, sys
+sys.modules["tensorflow"] = None  # any import of TensorFlow now fails
+sys.modules["keras"] = None
+from runtime.classifier import Classifier
+out = {{}}
+for name in {ARTIFACTS!r}:
+    classifier = Classifier({str(exported)!r} + "/" + name)
+    prediction = classifier.predict({str(real_data / "test/dogs/dog.1501.jpg")!r})
+    out[name] = {{"metadata": classifier.metadata, "label": prediction.label}}
+print(json.dumps(out))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    model_sha = hashlib.sha256((exported / "model.keras").read_bytes()).hexdigest()
+    for name, entry in found.items():
+        metadata = entry["metadata"]
+        assert metadata["labels"] == ["cats", "dogs"], name
+        assert metadata["input"]["shape"] == [1, 150, 150, 3]
+        assert metadata["preprocessing"]["resize"] == "bilinear"
+        assert metadata["output"] == {"activation": "sigmoid", "threshold": 0.5}
+        assert metadata["source_model"]["sha256"] == model_sha
+        assert "keras" in metadata["tools"]
+        assert entry["label"] in ("cats", "dogs")
+    int8 = found["model_int8.tflite"]["metadata"]
+    assert int8["input"]["dtype"] == "uint8" and int8["input"]["quantization"] == [1.0, 0.0]
+    assert int8["calibration"]["images"] == 300
+    assert found["model_int8.onnx"]["metadata"]["calibration"]["images"] == 300
+    assert found["model_float32.tflite"]["metadata"]["calibration"] is None
+
+
+def test_parity_gates_pass_on_real_photos(exported, real_data, tmp_path):
+    artifacts = [exported / name for name in ARTIFACTS]
+    result = run_script("export/parity.py", "--reference", exported / "model.keras",
+                        "--data", real_data / "test", *artifacts, "--json",
+                        tmp_path / "parity.json", "--report", tmp_path / "parity.md")
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    rows = {row["artifact"]: row for row in report["artifacts"]}
+    assert set(rows) == set(ARTIFACTS)
+    assert all(row["images"] == 1000 and row["passed"] for row in rows.values())
+    for name in ("model_float32.tflite", "model_float.onnx"):
+        assert rows[name]["agreement"] == 1.0 and rows[name]["max_abs_dp"] <= 1e-4
+    assert (tmp_path / "parity_model_int8.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| model_int8.onnx | int8 |" in (tmp_path / "parity.md").read_text()
+
+
+def test_a_failed_gate_exits_1_and_names_the_failure(exported, real_data, tmp_path):
+    result = run_script("export/parity.py", "--reference", exported / "model.keras",
+                        "--data", real_data / "test" / "cats", exported / "model_int8.tflite",
+                        "--int8-agreement", "1.01")
+    assert result.returncode == 1
+    assert "FAIL: agreement" in result.stdout
+
+
+def test_export_errors_are_one_line_and_leave_no_file(exported, tmp_path):
+    fake = tmp_path / "model.keras"
+    fake.write_text("not a model")
+    cases = [
+        (["export/to_tflite.py", fake], "not a Keras model"),
+        (["export/to_onnx.py", fake], "not a Keras model"),
+        (["export/to_tflite.py", exported, "--quantize", "int8", "--calibration", tmp_path],
+         "no images"),
+        (["export/to_tflite.py", exported, "--out", tmp_path / "missing" / "m.tflite"],
+         "does not exist"),
+    ]
+    for args, message in cases:
+        result = run_script(*args)
+        assert result.returncode == 2, (args, result.stderr[-1000:])
+        assert message in result.stderr and "Traceback" not in result.stderr, args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+def test_truncated_or_foreign_artifacts_are_refused(exported, tmp_path):
+    whole = (exported / "model_int8.tflite").read_bytes()
+    truncated = tmp_path / "cut.tflite"
+    truncated.write_bytes(whole[: len(whole) // 3])
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        read_metadata(truncated)
+    onnx_cut = tmp_path / "cut.onnx"
+    onnx_cut.write_bytes((exported / "model_int8.onnx").read_bytes()[:5000])
+    with pytest.raises(ModelFileError):
+        read_metadata(onnx_cut)
+    text = tmp_path / "notes.tflite"
+    text.write_text("hello")
+    with pytest.raises(ModelFileError, match="not a TFLite or ONNX model"):
+        read_metadata(text)
+    result = run_script("export/parity.py", "--reference", exported / "model.keras",
+                        "--data", tmp_path, truncated)
+    assert result.returncode == 2 and "truncated or corrupt" in result.stderr
