@@ -50,3 +50,20 @@ def trained_run(real_data, tmp_path_factory):
                         "--limit", "150", "--epochs", "10", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
+
+
+TFLITE = ("float32", "float16", "dynamic", "int8")
+ARTIFACTS = [f"model_{q}.tflite" for q in TFLITE] + ["model_float.onnx", "model_int8.onnx"]
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run):
+    run_dir, _ = trained_run
+    for quantize in TFLITE:
+        result = run_script("export/to_tflite.py", run_dir, "--quantize", quantize)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"model_{quantize}.tflite" in result.stdout
+    for extra in ([], ["--quantize", "int8"]):
+        result = run_script("export/to_onnx.py", run_dir, *extra)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir

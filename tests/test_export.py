@@ -6,25 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_script
+from conftest import ARTIFACTS, REPO, run_script
 
 from runtime.metadata import ModelFileError, read_metadata
-
-TFLITE = ("float32", "float16", "dynamic", "int8")
-ARTIFACTS = [f"model_{q}.tflite" for q in TFLITE] + ["model_float.onnx", "model_int8.onnx"]
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run):
-    run_dir, _ = trained_run
-    for quantize in TFLITE:
-        result = run_script("export/to_tflite.py", run_dir, "--quantize", quantize)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert f"model_{quantize}.tflite" in result.stdout
-    for extra in ([], ["--quantize", "int8"]):
-        result = run_script("export/to_onnx.py", run_dir, *extra)
-        assert result.returncode == 0, result.stderr[-2000:]
-    return run_dir
 
 
 def test_six_artifacts_with_the_expected_sizes(exported):
