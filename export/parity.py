@@ -45,40 +45,25 @@ def image_files(folder: Path, labels: list[str]) -> tuple[list[Path], np.ndarray
     return files, truth
 
 
-def reference_outputs(source: Source, files: list[Path]) -> tuple[np.ndarray, list[str]]:
-    """Keras probabilities for every readable file, NaN rows for the unreadable ones."""
-    outputs, errors = [], []
-    model = source.model
-    for start in progress(range(0, len(files), BATCH), label="reference", unit="batch"):
+def model_outputs(files: list[Path], size: tuple[int, int], run, batch: int,
+                  label: str) -> tuple[np.ndarray, list[str]]:
+    """`run(uint8 images) -> outputs` over every file, `batch` at a time; unreadable files
+    get a NaN row and their error message."""
+    rows: list[np.ndarray | None] = []
+    errors: list[str] = []
+    for start in progress(range(0, len(files), batch), label=label, unit="batch"):
         images = []
-        for path in files[start:start + BATCH]:
+        for path in files[start:start + batch]:
             try:
-                images.append(load_image(path, source.input_size))
+                images.append(load_image(path, size))
             except ImageError as error:
                 errors.append(str(error))
                 images.append(None)
         good = [image for image in images if image is not None]
-        result = np.asarray(model.predict(np.stack(good), verbose=0), np.float64) if good else []
-        rows = iter(result)
-        outputs += [next(rows) if image is not None else None for image in images]
-    width = next(len(row) for row in outputs if row is not None)
-    table = np.array([row if row is not None else np.full(width, np.nan) for row in outputs])
-    return table, errors
-
-
-def artifact_outputs(artifact: Path, files: list[Path]) -> np.ndarray:
-    classifier = Classifier(artifact)
-    rows = []
-    for start in progress(range(0, len(files), BATCH), label=artifact.name, unit="batch"):
-        for path in files[start:start + BATCH]:
-            try:
-                image = load_image(path, classifier.size)
-            except ImageError:
-                rows.append(None)
-                continue
-            rows.append(classifier.engine.run(image[None])[0])
-    width = next(len(row) for row in rows if row is not None)
-    return np.array([row if row is not None else np.full(width, np.nan) for row in rows])
+        results = iter(np.asarray(run(np.stack(good)), np.float64) if good else [])
+        rows += [next(results) if image is not None else None for image in images]
+    width = next((len(row) for row in rows if row is not None), 1)
+    return np.array([row if row is not None else np.full(width, np.nan) for row in rows]), errors
 
 
 def labels_of(outputs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -190,20 +175,22 @@ def main(argv: list[str] | None = None) -> int:
         files, truth = image_files(args.data, labels)
         if not files:
             raise ExportError(f"{args.data}: no images")
-        reference, errors = reference_outputs(source, files)
+        model = source.model
+        reference, errors = model_outputs(
+            files, source.input_size, lambda x: model.predict(x, verbose=0), BATCH, "reference")
         for error in errors:
             print(f"skipped {error}", file=sys.stderr)
         rows = []
         for path, classifier in classifiers.items():
-            outputs = artifact_outputs(path, files)
+            # One image at a time, as the device runs it.
+            outputs, _ = model_outputs(files, classifier.size, classifier.engine.run, 1,
+                                       path.name)
             quantization = classifier.metadata["quantization"]
             rows.append(compare(path.name, quantization, files, truth, reference, outputs,
                                 gates.get(quantization, gates["int8"])))
-            plot_dir = (args.report or args.json or Path()).parent if (args.report or args.json) \
-                else None
-            if plot_dir is not None:
-                ref = reference if reference.shape[1] > 1 else reference[:, :1]
-                scatter(plot_dir / f"parity_{path.stem}.png", path.name, ref, outputs)
+            written = args.report or args.json
+            if written is not None:
+                scatter(written.parent / f"parity_{path.stem}.png", path.name, reference, outputs)
     except (ExportError, ModelFileError, EngineError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -62,12 +62,12 @@ def test_the_same_out_folder_is_refused_without_resume(quick_run, real_data):
     assert "Traceback" not in again.stderr + other.stderr
 
 
-def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp_path):
-    out = tmp_path / "killed"
-    args = ["--data", real_data, "--recipe", "augmented", "--limit", "50", "--epochs", "3",
-            "--batch-size", "8", "--out", out]
+def start_and_wait_for_first_epoch(args: list) -> subprocess.Popen:
+    """Start train/run.py and return once its first epoch is checkpointed."""
+    out = args[args.index("--out") + 1]
     process = subprocess.Popen([sys.executable, str(REPO / "train/run.py"), *map(str, args)],
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     state_file = out / "state.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -75,9 +75,30 @@ def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp
             break
         time.sleep(0.05)
     time.sleep(0.5)  # into the second epoch
-    assert process.poll() is None, "training ended before it could be killed"
+    assert process.poll() is None, "training ended before it could be stopped"
+    return process
+
+
+def test_ctrl_c_stops_cleanly_with_the_resume_command(real_data, tmp_path):
+    out = tmp_path / "interrupted"
+    args = ["--data", real_data, "--limit", "50", "--epochs", "5", "--batch-size", "8",
+            "--out", out]
+    process = start_and_wait_for_first_epoch(args)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted:" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    assert json.loads((out / "state.json").read_text())["epoch"] >= 1
+
+
+def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp_path):
+    out = tmp_path / "killed"
+    args = ["--data", real_data, "--recipe", "augmented", "--limit", "50", "--epochs", "3",
+            "--batch-size", "8", "--out", out]
+    process = start_and_wait_for_first_epoch(args)
     os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    process.communicate()
+    state_file = out / "state.json"
     before = json.loads(state_file.read_text())
     assert before["epoch"] in (1, 2) and (out / before["checkpoint"]).exists()
     assert not (out / "model.keras").exists()

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Training throughput: edgeconv's pipeline against the book's ImageDataGenerator.
 
-  python train/benchmark.py [--data DIR] [--steps 30] [--repeats 3] [--json FILE]
+  python train/benchmark.py [--data DIR] [--steps 30] [--repeats 5] [--json FILE]
 
 Trains the augmented recipe's model (same layers, same batch of 32) for a few short epochs
 per pipeline, side by side in one process, and prints the median images per second of each
 and its ratio to the generator:
   generator  the book: ImageDataGenerator + flow_from_directory, decoding JPEGs every epoch
   edgeconv   uint8 arrays decoded once, augmentation as one Keras layer in the model
-in float32 and in mixed bfloat16. The first epoch of each (tracing, warm-up) is not counted.
+in float32 and in mixed bfloat16. Rounds run one epoch of each pipeline in turn; the first
+round (tracing, warm-up) is not counted.
 """
 
 from __future__ import annotations
@@ -38,16 +39,17 @@ from train.trainer import BatchStream, new_training_model  # noqa: E402
 BATCH = 32
 
 
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds: list[float] = []
+class BatchTimer(keras.callbacks.Callback):
+    """Images per second of one fit() call, from the batches it really ran."""
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
+    def on_train_begin(self, logs=None):
+        self.batches, self.started = 0, time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.started)
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+    def on_train_end(self, logs=None):
+        self.rate = self.batches * BATCH / (time.perf_counter() - self.started)
 
 
 def book_generator(data: Path):
@@ -62,22 +64,37 @@ def book_generator(data: Path):
                                          batch_size=BATCH, class_mode="binary", seed=0)
 
 
-def measure(pipeline: str, precision: str, data: Path, arrays, steps: int,
-            repeats: int) -> dict:
-    recipe = RECIPES["augmented"]
-    # The generator augments on the CPU, so its model gets no augmentation layer.
-    if pipeline == "generator":
-        recipe = dataclasses.replace(recipe, augment=False)
-    model = new_training_model(recipe, 2, precision, seed=0, input_shape=INPUT_SHAPE)
-    if pipeline == "generator":
-        source = book_generator(data)
-    else:
-        source = BatchStream(*arrays, batch_size=BATCH, steps=steps, seed=0)
-    timer = EpochTimer()
-    model.fit(source, steps_per_epoch=steps, epochs=repeats + 1, callbacks=[timer], verbose=0)
-    rates = [steps * BATCH / seconds for seconds in timer.seconds[1:]]
-    return {"pipeline": pipeline, "precision": precision, "steps": steps,
-            "images_per_second": statistics.median(rates), "min": min(rates), "max": max(rates)}
+def pipelines(data: Path, arrays, steps: int) -> dict[tuple[str, str], tuple]:
+    """(pipeline, precision) -> (compiled model, its data source)."""
+    built = {}
+    for pipeline, precision in (("generator", "float32"), ("generator", "bfloat16"),
+                                ("edgeconv", "float32"), ("edgeconv", "bfloat16")):
+        recipe = RECIPES["augmented"]
+        if pipeline == "generator":  # it augments on the CPU: no augmentation layer
+            recipe = dataclasses.replace(recipe, augment=False)
+            source = book_generator(data)
+        else:
+            source = BatchStream(*arrays, batch_size=BATCH, steps=steps, seed=0)
+        model = new_training_model(recipe, 2, precision, seed=0, input_shape=INPUT_SHAPE)
+        built[pipeline, precision] = (model, source)
+    return built
+
+
+def measure(built: dict, steps: int, repeats: int) -> list[dict]:
+    """One epoch per pipeline per round, rounds interleaved, so that drifts in the machine's
+    speed (it is shared) fall on every pipeline alike; the first round is warm-up."""
+    rates: dict[tuple[str, str], list[float]] = {key: [] for key in built}
+    for round_number in range(repeats + 1):
+        for key, (model, source) in built.items():
+            timer = BatchTimer()
+            model.fit(source, steps_per_epoch=steps, epochs=1, callbacks=[timer], verbose=0)
+            if round_number:
+                rates[key].append(timer.rate)
+        print(f"round {round_number}/{repeats} done", file=sys.stderr)
+    return [{"pipeline": pipeline, "precision": precision, "steps": steps,
+             "images_per_second": statistics.median(values), "min": min(values),
+             "max": max(values), "samples": values}
+            for (pipeline, precision), values in rates.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,21 +102,18 @@ def main(argv: list[str] | None = None) -> int:
         "\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset folder (default: as train/run.py)")
     parser.add_argument("--steps", type=int, default=30, help="batches per timed epoch")
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per pipeline")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (one epoch of "
+                        "each pipeline per round)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     data = resolve_data(args.data)
     arrays = load_split(find_dataset(data, splits=("train",)), "train")
-    rows = []
-    for pipeline, precision in (("generator", "float32"), ("generator", "bfloat16"),
-                                ("edgeconv", "float32"), ("edgeconv", "bfloat16")):
-        rows.append(measure(pipeline, precision, data, arrays, args.steps, args.repeats))
-        print(f"measured {pipeline} {precision}", file=sys.stderr)
+    rows = measure(pipelines(data, arrays, args.steps), args.steps, args.repeats)
     base = rows[0]["images_per_second"]
     env = environment()
     print(f"\ntraining throughput, augmented recipe, batch {BATCH}, {env['backend']} "
           f"{env.get('backend_version', '')} on {env['cpu']} ({env['cores']} cores), "
-          f"median of {args.repeats} epochs of {args.steps} steps\n")
+          f"median of {args.repeats} interleaved rounds of {args.steps} steps\n")
     print("| pipeline | precision | images/s (median) | min | max | vs generator float32 |")
     print("|---|---|---:|---:|---:|---:|")
     for row in rows:
