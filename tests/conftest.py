@@ -30,11 +30,11 @@ def real_data() -> Path:
 
 
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600,
-               **kwargs) -> subprocess.CompletedProcess:
+               cwd: Path = REPO, **kwargs) -> subprocess.CompletedProcess:
     """Run one of the repo's scripts the way a user would, capturing its output."""
     return subprocess.run(
         [sys.executable, str(REPO / script), *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True, text=True, timeout=timeout, cwd=cwd,
         env={**os.environ, **(env or {})}, **kwargs,
     )
 

@@ -1,0 +1,44 @@
+"""export/benchmark.py: one row per format, statuses, JSON schema (not the timings)."""
+
+import json
+import shutil
+
+from conftest import ARTIFACTS, run_script
+
+ROW_KEYS = {"format", "file", "status", "size_mb", "accuracy", "agreement", "ms_p50",
+            "ms_range", "images_per_second", "best_batch", "cold_start_s", "peak_rss_mb"}
+
+
+def test_benchmark_exports_what_is_missing_and_reports_a_broken_format(exported, real_data,
+                                                                       tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported, run_dir)
+    (run_dir / "model_dynamic.tflite").unlink()  # missing: the benchmark exports it
+    (run_dir / "model_float16.tflite").write_bytes(b"TFL3 but cut short")  # broken
+    test_cats = tmp_path / "data" / "cats"
+    test_cats.mkdir(parents=True)
+    for photo in sorted((real_data / "test" / "cats").iterdir())[:10]:
+        shutil.copy(photo, test_cats)
+    result = run_script("export/benchmark.py", run_dir, "--data", tmp_path / "data",
+                        "--threads", "1,2", "--repeat", "1", "--json", tmp_path / "b.json",
+                        "--report", tmp_path / "b.md", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]  # one row is not ok
+    report = json.loads((tmp_path / "b.json").read_text())
+    rows = {row["file"]: row for row in report["rows"]}
+    assert list(rows) == ["model.keras", *ARTIFACTS]
+    assert all(set(row) == ROW_KEYS for row in rows.values())
+    assert rows["model_float16.tflite"]["status"].startswith("failed:")
+    assert (run_dir / "model_dynamic.tflite").exists()
+    for name, row in rows.items():
+        if name == "model_float16.tflite":
+            continue
+        assert row["status"] == "ok", (name, row["status"])
+        assert set(row["ms_p50"]) == {"1", "2"} and row["images_per_second"] > 0
+        assert row["cold_start_s"] > 0 and row["peak_rss_mb"] > 0 and 0 <= row["accuracy"] <= 1
+    assert rows["model_float32.tflite"]["agreement"] == 1.0
+    assert report["macs_per_image"] == 236_095_488
+    assert "M multiply-accumulates per image; TFLite int8 at" in result.stdout
+    table = (tmp_path / "b.md").read_text()
+    assert table.count("\n| ") == 8  # header + 7 rows
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "benchmarks.log").read_text().splitlines()) == 1
