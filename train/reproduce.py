@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Reproduce the seed's two numbers (about 72% plain, about 82% with augmentation + dropout)
+and publish them with what survives quantization.
+
+  python train/reproduce.py --data DIR --out results/ [--seeds 0,1,2] [--docs docs/results.md]
+
+Trains `baseline` and `augmented` for each seed (each run resumable, finished runs skipped),
+exports the augmented run with the best validation accuracy to full-int8 TFLite and ONNX,
+runs the parity check on the test split, and writes docs/results.md with its figures and the
+JSON of numbers behind them. Interrupted, it picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
+
+from runtime.files import atomic_path, write_json  # noqa: E402
+from train import run as train_run  # noqa: E402
+from train.recipes import RECIPES  # noqa: E402
+
+RECIPE_ORDER = ("baseline", "augmented")
+
+
+def train_all(data: Path, out: Path, seeds: list[int], extra: list[str]) -> dict[str, list]:
+    """recipe -> [metrics of each seed's finished run]."""
+    finished: dict[str, list] = {}
+    for recipe in RECIPE_ORDER:
+        for seed in seeds:
+            run_dir = out / f"{recipe}-seed{seed}"
+            if not (run_dir / "metrics.json").exists():
+                print(f"== {recipe}, seed {seed} -> {run_dir}", flush=True)
+                code = train_run.main(["--data", str(data), "--recipe", recipe, "--seed",
+                                       str(seed), "--out", str(run_dir), "--resume", *extra])
+                if code != 0:
+                    raise SystemExit(code)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            finished.setdefault(recipe, []).append({**metrics, "run_dir": str(run_dir)})
+    return finished
+
+
+def export_and_check(best: Path, data: Path) -> list[dict]:
+    """int8 TFLite + int8 ONNX of the best augmented run, and their parity on the test split."""
+    from export import parity, to_onnx, to_tflite
+    from export.common import Source
+
+    source = Source(best)
+    artifacts = [best / "model_int8.tflite", best / "model_int8.onnx"]
+    if not artifacts[0].exists():
+        to_tflite.export(source, "int8")
+    if not artifacts[1].exists():
+        to_onnx.export(source, "int8")
+    report = best / "parity.json"
+    code = parity.main(["--reference", str(source.path), "--data", str(data / "test"),
+                        *map(str, artifacts), "--json", str(report)])
+    if code == 2:
+        raise SystemExit(code)
+    return json.loads(report.read_text())["artifacts"]
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values), "min": min(values), "max": max(values),
+            "n": len(values), "values": values}
+
+
+def summarize(finished: dict[str, list]) -> dict:
+    summary = {}
+    for recipe, runs in finished.items():
+        summary[recipe] = {
+            "seeds": [run["seed"] for run in runs],
+            "epochs": runs[0]["epochs"],
+            "val_accuracy": spread([run["val_accuracy"] for run in runs]),
+            "test_accuracy": spread([run["test_accuracy"] for run in runs]),
+            "train_minutes": spread([run["train_seconds"] / 60 for run in runs]),
+            "images_per_second": spread([run["images_per_second"] for run in runs]),
+            "precision": runs[0]["precision"],
+            "backend": f"{runs[0]['backend']} {runs[0].get('backend_version', '')}",
+            "hardware": f"{runs[0]['cpu']} ({runs[0]['cores']} cores, {runs[0]['device']})",
+            "keras": runs[0]["keras_version"],
+        }
+    return summary
+
+
+def curves_figure(finished: dict[str, list], path: Path) -> None:
+    """Accuracy and loss curves of the first seed of each recipe, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = list(finished)
+    figure, axes = plt.subplots(2, len(recipes), figsize=(5.5 * len(recipes), 7), squeeze=False)
+    for column, recipe in enumerate(recipes):
+        run = finished[recipe][0]
+        history = json.loads((Path(run["run_dir"]) / "history.json").read_text())
+        epochs = range(1, len(history["loss"]) + 1)
+        for row, key in enumerate(("accuracy", "loss")):
+            ax = axes[row][column]
+            ax.plot(epochs, history[key], "bo", markersize=2.5, label=f"training {key}")
+            ax.plot(epochs, history[f"val_{key}"], "b", label=f"validation {key}")
+            ax.set_title(f"{recipe} (seed {run['seed']}): {key}")
+            ax.set_xlabel("epoch")
+            ax.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=90, format="png")
+    plt.close(figure)
+
+
+def write_markdown(path: Path, summary: dict, parity_rows: list[dict], best: str,
+                   command: str, figure: Path) -> None:
+    def pct(stats):
+        if stats["n"] == 1:
+            return f"{100 * stats['mean']:.1f}% (1 seed)"
+        return (f"{100 * stats['mean']:.1f}% ({100 * stats['min']:.1f}-"
+                f"{100 * stats['max']:.1f}, {stats['n']} seeds)")
+
+    lines = ["# Results: the seed convnet on 2,000 cats and dogs", "",
+             f"Reproduce with `{command}` (each run resumes; finished runs are kept).", "",
+             "| recipe | epochs | validation accuracy | test accuracy | train minutes | "
+             "images/s | precision |", "|---|---:|---:|---:|---:|---:|---|"]
+    for recipe, s in summary.items():
+        lines.append(f"| {recipe} | {s['epochs']} | {pct(s['val_accuracy'])} | "
+                     f"{pct(s['test_accuracy'])} | {s['train_minutes']['mean']:.1f} | "
+                     f"{s['images_per_second']['mean']:.0f} | {s['precision']} |")
+    first = next(iter(summary.values()))
+    lines += ["", f"Backend {first['backend']}, Keras {first['keras']}, on {first['hardware']}. "
+              "Accuracy is the final epoch's model (no early stopping); test is read once per "
+              "finished run. Images/s counts training images over the whole fit, validation "
+              "included.", "", f"![training curves]({figure.name})", ""]
+    if parity_rows:
+        lines += [f"## What survives int8 quantization ({best})", "",
+                  "End to end from the test JPEGs: Keras through the training pipeline, each "
+                  "artifact through `runtime/` as a device runs it.", "",
+                  "| artifact | Keras accuracy | artifact accuracy | label agreement | "
+                  "max abs dp | gate |", "|---|---:|---:|---:|---:|---|"]
+        for row in parity_rows:
+            lines.append(f"| {row['artifact']} | {100 * row['reference_accuracy']:.1f}% | "
+                         f"{100 * row['artifact_accuracy']:.1f}% | "
+                         f"{100 * row['agreement']:.1f}% | {row['max_abs_dp']:.3f} | "
+                         f"{'pass' if row['passed'] else 'FAIL'} |")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="train/reproduce.py", description=__doc__.split(
+        "\n\n")[0].strip())
+    parser.add_argument("--data", type=Path, help="dataset folder (default: as train/run.py)")
+    parser.add_argument("--out", type=Path, default=Path("results"),
+                        help="folder for the runs (default: %(default)s)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated (default: 0,1,2)")
+    parser.add_argument("--docs", type=Path, default=Path("docs/results.md"),
+                        help="Markdown to write; figures and JSON go beside it")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    parser.add_argument("--epochs", type=int, help="override both recipes' epochs (quick checks)")
+    parser.add_argument("--limit", type=int, help="at most N images per class per split "
+                        "(quick checks)")
+    args = parser.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        data = train_run.resolve_data(args.data)
+    except ValueError:
+        parser.error("--seeds takes integers, e.g. 0,1,2")
+    except train_run.DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.docs.parent.mkdir(parents=True, exist_ok=True)
+    extra = ["--precision", args.precision]
+    for flag, value in (("--epochs", args.epochs), ("--limit", args.limit)):
+        if value is not None:
+            extra += [flag, str(value)]
+    finished = train_all(data, args.out, seeds, extra)
+    best = max(finished["augmented"], key=lambda run: run["val_accuracy"])["run_dir"]
+    parity_rows = export_and_check(Path(best), data)
+    summary = summarize(finished)
+    figure = args.docs.with_name("results_curves.png")
+    curves_figure(finished, figure)
+    command = "python train/reproduce.py --data DIR " + " ".join(
+        ["--seeds", args.seeds] + extra[2:])
+    write_json(args.docs.with_name("results.json"), {
+        "recipes": summary, "best_augmented_run": Path(best).name,
+        "parity": [{k: v for k, v in row.items() if k != "flips"} for row in parity_rows],
+        "recipe_definitions": {name: RECIPES[name].as_dict() for name in RECIPE_ORDER}})
+    write_markdown(args.docs, summary, parity_rows, Path(best).name, command, figure)
+    print(f"wrote {args.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
