@@ -131,6 +131,15 @@ def tool_versions() -> dict:
     return versions
 
 
+def add_source_arguments(parser) -> None:
+    """The arguments every exporter takes: the model and its calibration images."""
+    parser.add_argument("model", type=Path, help="model.keras or a train/run.py run folder")
+    parser.add_argument("--calibration", type=Path, help="images for int8 calibration "
+                        "(default: the run's training split)")
+    parser.add_argument("--calibration-size", type=int, default=300,
+                        help="calibration images to use (default: %(default)s)")
+
+
 def output_path(out: Path | None, source: Source, suffix: str) -> Path:
     path = out or source.default_output(suffix)
     if not path.parent.is_dir():

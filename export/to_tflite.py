@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 from export.common import (  # noqa: E402
     ExportError,
     Source,
+    add_source_arguments,
     build_metadata,
     calibration_set,
     output_path,
@@ -107,14 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="export/to_tflite.py", description=__doc__.split(
         "\n\n")[0].strip(), epilog="Example: python export/to_tflite.py runs/augmented "
         "--quantize int8")
-    parser.add_argument("model", type=Path, help="model.keras or a train/run.py run folder")
+    add_source_arguments(parser)
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default="float32",
                         help="float32 (default), float16 weights, dynamic-range int8 weights, "
                         "or full int8 calibrated on real images")
-    parser.add_argument("--calibration", type=Path, help="images for int8 calibration "
-                        "(default: the run's training split)")
-    parser.add_argument("--calibration-size", type=int, default=300,
-                        help="calibration images to use (default: %(default)s)")
     parser.add_argument("--io", choices=("uint8", "int8", "float32"), default="uint8",
                         help="int8 model input/output type (default: uint8, raw pixels)")
     parser.add_argument("--out", type=Path, help="output file (default: beside the model, "
