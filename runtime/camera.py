@@ -1,0 +1,152 @@
+"""Classify a live camera or video stream, frame by frame.
+
+Sources: a device index ("0"), /dev/videoN, a video file or a stream URL (all through
+OpenCV), or "picamera" (picamera2 on a Raspberry Pi). Frames go through the same
+load_image as photos, so a frame is resized exactly as in training.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from runtime.classifier import Classifier
+
+
+class CameraError(RuntimeError):
+    """The camera or stream cannot be opened."""
+
+
+def is_live(source: str) -> bool:
+    """Files end; devices, picamera and network streams are retried when they drop."""
+    return not Path(source).is_file()
+
+
+def open_capture(source: str, width: int | None, height: int | None):
+    """Return a function that gives the next RGB frame, or None when the stream has none."""
+    if source == "picamera":
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise CameraError("picamera2 is not installed (sudo apt install python3-picamera2)"
+                              ) from None
+        camera = Picamera2()
+        size = (width or 640, height or 480)
+        camera.configure(camera.create_preview_configuration(
+            main={"size": size, "format": "RGB888"}))
+        camera.start()
+        # picamera2's "RGB888" is BGR in memory, as OpenCV's frames are.
+        return lambda: camera.capture_array()[:, :, ::-1], camera.close
+    try:
+        import cv2
+    except ImportError:
+        raise CameraError("OpenCV is not installed: pip install opencv-python-headless"
+                          ) from None
+    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not capture.isOpened():
+        raise CameraError(f"{source}: cannot open this camera or stream")
+    if width:
+        capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+    if height:
+        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+
+    def read():
+        ok, frame = capture.read()
+        return frame[:, :, ::-1] if ok else None  # BGR -> RGB
+
+    return read, capture.release
+
+
+def frames(source: str, width: int | None, height: int | None, retries: int = 5,
+           log=print) -> Iterator[np.ndarray]:
+    """Yield RGB frames; a live source that drops is reopened with exponential backoff."""
+    read, close = open_capture(source, width, height)
+    failures = 0
+    try:
+        while True:
+            frame = read()
+            if frame is not None:
+                failures = 0
+                yield frame
+                continue
+            if not is_live(source):
+                return
+            failures += 1
+            if failures > retries:
+                log(f"stream {source} lost; gave up after {retries} retries", file=sys.stderr)
+                return
+            delay = min(0.5 * 2 ** (failures - 1), 8.0)
+            log(f"stream {source} dropped; retry {failures}/{retries} in {delay:.1f} s",
+                file=sys.stderr)
+            close()
+            time.sleep(delay)
+            try:
+                read, close = open_capture(source, width, height)
+            except CameraError:
+                continue
+    finally:
+        close()
+
+
+def has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def run_camera(classifier: Classifier, source: str, width: int | None = None,
+               height: int | None = None, every: int = 1, max_frames: int | None = None,
+               show: bool | None = None, json_lines: bool = False) -> dict:
+    """Classify every `every`-th frame; return a summary. Ctrl-C ends the loop cleanly."""
+    import json
+
+    show = has_display() if show is None else show
+    counts: Counter = Counter()
+    latencies: list[float] = []
+    started = time.perf_counter()
+    seen = 0
+    try:
+        for index, frame in enumerate(frames(source, width, height)):
+            if max_frames is not None and seen >= max_frames:
+                break
+            if index % every:
+                continue
+            seen += 1
+            prediction = classifier.predict(frame)
+            latencies.append(prediction.ms)
+            counts[prediction.label] += 1
+            if json_lines:
+                print(json.dumps({"frame": index, "label": prediction.label,
+                                  "score": round(prediction.score, 6),
+                                  "scores": prediction.scores, "ms": round(prediction.ms, 3)}),
+                      flush=True)
+            else:
+                ranked = sorted(prediction.scores.items(), key=lambda item: -item[1])
+                print(f"{prediction.ms:5.1f} ms  " + "  ".join(f"{name} {score:.2f}"
+                                                               for name, score in ranked),
+                      flush=True)
+            if show and not _draw(frame, prediction, len(latencies) /
+                                  (time.perf_counter() - started)):
+                break
+    except KeyboardInterrupt:
+        pass
+    elapsed = time.perf_counter() - started
+    return {"frames": seen, "counts": dict(counts),
+            "ms_p50": statistics.median(latencies) if latencies else None,
+            "fps": seen / elapsed if elapsed > 0 else 0.0}
+
+
+def _draw(frame: np.ndarray, prediction, fps: float) -> bool:
+    """Show the frame with label, score and FPS; False when the user closes it (q / Esc)."""
+    import cv2
+
+    image = np.ascontiguousarray(frame[:, :, ::-1])
+    text = f"{prediction.label} {prediction.score:.2f}  {fps:.1f} FPS"
+    cv2.putText(image, text, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 255, 0), 2)
+    cv2.imshow("edgeconv", image)
+    return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
