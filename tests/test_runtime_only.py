@@ -1,0 +1,76 @@
+"""The device side alone: runtime/ in virtual environments holding only numpy, Pillow, one
+engine and pytest. TensorFlow cannot be imported there, and classification still works."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from runtime.classifier import Classifier
+
+ENVIRONMENTS = {
+    "litert": ["numpy", "pillow", "ai-edge-litert", "pytest"],
+    # tflite-runtime 2.14 is the last release and the only wheel for 32-bit Raspberry Pi OS.
+    "tflite-runtime": ["numpy<2", "pillow", "tflite-runtime", "pytest"],
+}
+
+
+def environment(name: str) -> str:
+    """A venv with exactly ENVIRONMENTS[name], built once and kept under .cache/."""
+    folder = REPO / ".cache" / f"venv-{name}"
+    marker = folder / "edgeconv-packages.txt"
+    wanted = "\n".join(ENVIRONMENTS[name])
+    if not (marker.exists() and marker.read_text() == wanted):
+        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        subprocess.run([str(folder / "bin" / "pip"), "install", "-q", *ENVIRONMENTS[name]],
+                       check=True, capture_output=True, timeout=900)
+        marker.write_text(wanted)
+    return str(folder / "bin" / "python")
+
+
+def run_in(python: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([python, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_runtime_classifies_without_tensorflow(name, exported, real_data):
+    python = environment(name)
+    probe = run_in(python, "-c", "import tensorflow")
+    assert probe.returncode != 0 and "No module named 'tensorflow'" in probe.stderr
+    numpy_major = run_in(python, "-c", "import numpy; print(numpy.__version__)").stdout
+    assert (numpy_major.startswith("1.")) == (name == "tflite-runtime")
+
+    model = exported / "model_int8.tflite"
+    photos = real_data / "test" / "dogs"
+    result = run_in(python, "runtime/classify", str(model), str(photos), "--json",
+                    "--engine", name)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 500
+    # Against the full environment's runtime (LiteRT) on the same files: LiteRT must match
+    # exactly; tflite-runtime 2.14's older int8 kernels may round the output one step
+    # (1/256) differently, which may flip a label only right at the threshold.
+    reference = Classifier(model)
+    same_engine = name == "litert"
+    flips = 0
+    for line in lines:
+        expected = reference.predict(line["path"])
+        flips += line["label"] != expected.label
+        tolerance = 1e-6 if same_engine else 1 / 256 + 1e-6
+        assert abs(line["score"] - expected.score) <= tolerance, line["path"]
+    assert flips == 0 if same_engine else flips <= 5
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_runtime_unit_tests_pass_in_the_thin_environment(name):
+    result = run_in(environment(name), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    "tests/test_preprocess.py")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
