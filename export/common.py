@@ -16,8 +16,6 @@ import numpy as np
 from runtime.metadata import METADATA_FORMAT
 from runtime.preprocess import PREPROCESSING, ImageError, is_image_file, load_image
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 class ExportError(Exception):
     """A problem with the user's input or output, reported as one line."""
@@ -39,8 +37,9 @@ class Source:
     @property
     def model(self):
         if self._model is None:
-            import keras
+            from train.backend import import_keras
 
+            keras = import_keras()  # first, so that TensorFlow starts quietly
             import train.augment  # noqa: F401  (registers the augmentation layer)
 
             try:

@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 def load(model: Path, threads: int):
     """Return (run(uint8 batch) -> outputs, input size)."""
     if model.suffix == ".keras":
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from train.backend import import_keras
+
+        import_keras()
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
@@ -27,6 +28,7 @@ from export.common import (  # noqa: E402
 )
 from runtime.files import atomic_path  # noqa: E402
 from runtime.metadata import METADATA_KEY  # noqa: E402
+from train.backend import native_stderr_silenced  # noqa: E402
 
 
 def float_onnx(source: Source, path: Path, opset: int | None) -> None:
@@ -36,7 +38,9 @@ def float_onnx(source: Source, path: Path, opset: int | None) -> None:
     model = source.model
     model(np.zeros((1, *source.input_size, 3), np.float32))  # "never called" otherwise
     try:
-        model.export(str(path), format="onnx", opset_version=opset, verbose=False)
+        with native_stderr_silenced(python_stdout=True), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf2onnx's numpy deprecation notices
+            model.export(str(path), format="onnx", opset_version=opset, verbose=False)
     except Exception as error:  # the converter raises assorted internal errors
         raise ExportError(f"ONNX conversion failed: {str(error).splitlines()[0]}") from None
 

@@ -27,6 +27,7 @@ from export.common import (  # noqa: E402
 )
 from runtime.files import atomic_path  # noqa: E402
 from runtime.metadata import METADATA_KEY  # noqa: E402
+from train.backend import native_stderr_silenced  # noqa: E402
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
@@ -56,7 +57,8 @@ def convert(source: Source, quantize: str, io_type: str, calibration: Path | Non
             converter.inference_input_type = getattr(tf, io_type)
             converter.inference_output_type = getattr(tf, io_type)
     try:
-        flatbuffer = converter.convert()
+        with native_stderr_silenced(python_stdout=True):  # the converter's progress chatter
+            flatbuffer = converter.convert()
     except Exception as error:  # the converter raises assorted internal errors
         raise ExportError(f"TFLite conversion failed: {str(error).splitlines()[0]}") from None
     input_detail = _input_detail(flatbuffer)

@@ -1,9 +1,18 @@
 """runtime/classify on real photos and planted bad files."""
 
+import io
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
-from conftest import run_script
+import numpy as np
+from conftest import REPO, run_script
+from PIL import Image
+
+from runtime import Classifier
 
 
 def test_folder_with_bad_files_classifies_the_good_ones_and_exits_1(exported, real_data,
@@ -14,16 +23,22 @@ def test_folder_with_bad_files_classifies_the_good_ones_and_exits_1(exported, re
         shutil.copy(real_data / "test" / "dogs" / f"dog.{number}.jpg", folder)
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.jpg").write_text("not a photo")
+    whole = (folder / "dog.1501.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    bomb = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(bomb, "PNG")  # 144 MP behind a small file
+    (folder / "bomb.png").write_bytes(bomb.getvalue())
     result = run_script("runtime/classify", exported / "model_int8.tflite", tmp_path / "photos",
                         "--json", "--eval")
     assert result.returncode == 1
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(lines) == 7
+    assert len(lines) == 9
     errors = {line["path"].rsplit("/", 1)[-1]: line["error"] for line in lines if "error" in line}
-    assert set(errors) == {"empty.jpg", "notes.jpg"}
+    assert set(errors) == {"empty.jpg", "notes.jpg", "truncated.jpg", "bomb.png"}
+    assert "MP limit" in errors["bomb.png"]
     good = [line for line in lines if "label" in line]
     assert all(line["label"] in ("cats", "dogs") and line["ms"] > 0 for line in good)
-    assert "5 images" in result.stderr and "2 failed" in result.stderr
+    assert "5 images" in result.stderr and "4 failed" in result.stderr
 
 
 def test_all_good_inputs_exit_0_and_a_bad_model_exits_2(exported, real_data, tmp_path):
@@ -35,3 +50,38 @@ def test_all_good_inputs_exit_0_and_a_bad_model_exits_2(exported, real_data, tmp
     bad.write_bytes(b"nope")
     result = run_script("runtime/classify", bad, photo)
     assert result.returncode == 2 and result.stderr.startswith("error: ")
+
+
+def test_python_api_takes_paths_pil_images_and_arrays(exported, real_data):
+    classifier = Classifier(exported / "model_int8.tflite")
+    path = real_data / "test" / "cats" / "cat.1502.jpg"
+    from_path = classifier.predict(path)
+    assert from_path.label in ("cats", "dogs") and from_path.ms > 0
+    assert set(from_path.scores) == {"cats", "dogs"}
+    assert abs(sum(from_path.scores.values()) - 1) < 1e-6
+    assert classifier.predict(Image.open(path)).scores == from_path.scores
+    assert classifier.predict(np.asarray(Image.open(path))).scores == from_path.scores
+    batch = classifier.predict_batch([path, path])
+    assert [p.label for p in batch] == [from_path.label] * 2
+
+
+def test_ctrl_c_ends_a_camera_run_within_a_second_with_a_summary(exported, real_data,
+                                                                 tmp_path):
+    import cv2
+
+    video = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (160, 120))
+    frame = cv2.resize(cv2.imread(str(real_data / "test/cats/cat.1501.jpg")), (160, 120))
+    for _ in range(3000):
+        writer.write(frame)
+    writer.release()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "runtime/classify"), str(exported / "model_float.onnx"),
+         "--camera", str(video), "--no-display"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert process.stdout.readline().strip()  # classifying
+    process.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, stderr = process.communicate(timeout=30)
+    assert time.monotonic() - sent < 1.5
+    assert process.returncode == 0 and "frames" in stderr and "Traceback" not in stderr

@@ -68,6 +68,14 @@ def test_parity_gates_pass_on_real_photos(exported, real_data, tmp_path):
     for name in ("model_float32.tflite", "model_float.onnx"):
         assert rows[name]["agreement"] == 1.0 and rows[name]["max_abs_dp"] <= 1e-4
     assert (tmp_path / "parity_model_int8.png").read_bytes()[:4] == b"\x89PNG"
+
+    # The device's classify gives the labels the parity check scored for the same artifact.
+    device = run_script("runtime/classify", exported / "model_int8.tflite", real_data / "test",
+                        "--json")
+    labels = [json.loads(line) for line in device.stdout.splitlines()]
+    correct = sum(line["label"] == line["path"].split("/")[-2] for line in labels)
+    assert len(labels) == 1000
+    assert correct / 1000 == rows["model_int8.tflite"]["artifact_accuracy"]
     assert "| model_int8.onnx | int8 |" in (tmp_path / "parity.md").read_text()
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import sys
 import time
@@ -24,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from train.backend import import_keras  # noqa: E402
 
-import keras  # noqa: E402
+keras = import_keras()
 
 from runtime.files import write_json  # noqa: E402
 from train.dataset import find_dataset, load_split  # noqa: E402

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
 
 from runtime.files import atomic_path, write_json  # noqa: E402
+from train.backend import import_keras  # noqa: E402
 from train.dataset import DataError, find_dataset, load_split  # noqa: E402
 from train.recipes import RECIPES  # noqa: E402
 
@@ -116,8 +117,7 @@ def train(args: argparse.Namespace) -> int:
     dataset = find_dataset(data, limit=args.limit)
     previous = previous_run(args.out, args.resume)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    keras = import_keras()
 
     from train import trainer
     from train.augment import RandomAffine  # noqa: F401  (registers the layer for loading)
