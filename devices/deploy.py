@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Deploy edgeconv to a device over SSH: code, model, install, self-test, optional service.
+
+  python devices/deploy.py --host USER@HOST --model FILE [--profile NAME] [--service]
+
+Copies runtime/ and devices/ (rsync when both ends have it, else tar over ssh), copies the
+model beside them and renames it into place (a running service never sees half a file), runs
+devices/install.sh on the device, and reports its self-test: the bundled photo must get the
+label it gets here. Host keys are checked as ssh always does; --accept-new-host-key is the
+explicit way to trust a device seen for the first time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable from a plain clone
+
+from runtime.metadata import ModelFileError, read_metadata  # noqa: E402
+
+SELFTEST_PHOTO = ROOT / "devices" / "selftest" / "cat.jpg"
+
+
+class DeployError(Exception):
+    """A failed step: its name and what the device said."""
+
+
+class Remote:
+    def __init__(self, args: argparse.Namespace):
+        self.host, self.dir = args.host, args.remote_dir
+        self.options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={args.timeout}",
+                        "-o", "StrictHostKeyChecking="
+                        + ("accept-new" if args.accept_new_host_key else "yes")]
+        if args.identity:
+            self.options += ["-i", str(args.identity), "-o", "IdentitiesOnly=yes"]
+        if args.known_hosts:
+            self.options += ["-o", f"UserKnownHostsFile={args.known_hosts}"]
+        self.port = str(args.port)
+
+    def ssh(self, command: str, step: str, data: bytes | None = None,
+            stream: bool = False) -> str:
+        """Run `command` on the device (feeding it `data`); its output, or DeployError."""
+        argv = ["ssh", "-p", self.port, *self.options, self.host, command]
+        if not stream:
+            result = subprocess.run(argv, input=data, capture_output=True,
+                                    stdin=None if data is not None else subprocess.DEVNULL)
+            if result.returncode != 0:
+                raise DeployError(f"{step} failed on {self.host}:\n{_text(result.stderr)}")
+            return _text(result.stdout)
+        lines = []
+        with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) as process:
+            for line in process.stdout:
+                lines.append(line)
+                print(f"  {self.host}: {line.rstrip()}", flush=True)
+        if process.returncode != 0:
+            raise DeployError(f"{step} failed on {self.host} (exit {process.returncode})")
+        return "".join(lines)
+
+    def copy_code(self, use_rsync: bool) -> str:
+        if use_rsync:
+            shell = " ".join(["ssh", "-p", self.port, *map(shlex.quote, self.options)])
+            command = ["rsync", "-a", "--delete", "--exclude", "__pycache__", "-e", shell,
+                       "runtime", "devices", f"{self.host}:{self.dir}/"]
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise DeployError(f"copying the code failed:\n{result.stderr.strip()}")
+            return "rsync"
+        archive = subprocess.run(["tar", "czf", "-", "--exclude", "__pycache__", "runtime",
+                                  "devices"], cwd=ROOT, capture_output=True, check=True).stdout
+        staging = f"{self.dir}/.incoming-code"
+        self.ssh(f"rm -rf {staging} && mkdir -p {staging} && tar xzf - -C {staging} && "
+                 f"rm -rf {self.dir}/runtime {self.dir}/devices && "
+                 f"mv {staging}/runtime {staging}/devices {self.dir}/ && rmdir {staging}",
+                 "copying the code", data=archive)
+        return "tar over ssh"
+
+    def copy_model(self, model: Path) -> str:
+        """Upload to a temporary name, then rename: atomic on the device's filesystem."""
+        final = f"{self.dir}/models/current{model.suffix}"
+        incoming = f"{self.dir}/models/.incoming{model.suffix}"
+        self.ssh(f"cat > {incoming} && mv -f {incoming} {final}", "copying the model",
+                 data=model.read_bytes())
+        return final
+
+
+def _text(data) -> str:
+    return (data.decode(errors="replace") if isinstance(data, bytes) else data or "").strip()
+
+
+def expected_label(model: Path) -> str | None:
+    """The label this machine gives the self-test photo, when it has an engine for the model."""
+    try:
+        from runtime.classifier import Classifier
+
+        return Classifier(model).predict(SELFTEST_PHOTO).label
+    except Exception as error:  # no local engine: the device still checks it classifies
+        print(f"note: cannot classify here ({error}); the self-test will not compare labels")
+        return None
+
+
+def deploy(args: argparse.Namespace) -> str:
+    try:
+        metadata = read_metadata(args.model)
+    except ModelFileError as error:
+        raise DeployError(str(error)) from None
+    expect = expected_label(args.model)
+    remote = Remote(args)
+    remote_tools = remote.ssh(f"mkdir -p {args.remote_dir}/models && "
+                              "(command -v rsync || true)", "connecting")
+    use_rsync = not args.no_rsync and bool(shutil.which("rsync")) and "rsync" in remote_tools
+    print(f"connected to {args.host}; copying code ({'rsync' if use_rsync else 'tar'})")
+    remote.copy_code(use_rsync)
+    model_path = remote.copy_model(args.model)
+    print(f"model {args.model.name} ({', '.join(metadata['labels'])}, "
+          f"{metadata['quantization']}) -> {args.host}:{model_path}")
+    install = [f"{args.remote_dir}/devices/install.sh", "--profile", args.profile, "--model",
+               model_path, "--venv", f"{args.remote_dir}/.venv"]
+    if expect:
+        install += ["--expect", expect]
+    if args.service:
+        install.append("--service")
+    output = remote.ssh("bash " + " ".join(map(shlex.quote, install)), "install.sh",
+                        stream=True)
+    passed = [line for line in output.splitlines() if "self-test passed" in line]
+    return passed[-1].split("install: ", 1)[-1] if passed else "installed"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="devices/deploy.py", description=__doc__.split(
+        "\n\n")[0].strip(), epilog="Example: python devices/deploy.py --host pi@raspberrypi.local"
+        " --model runs/augmented/model_int8.tflite --profile raspberry-pi-5 --service")
+    parser.add_argument("--host", required=True, help="USER@HOST of the device")
+    parser.add_argument("--port", type=int, default=22, help="SSH port (default: 22)")
+    parser.add_argument("--identity", type=Path, help="SSH private key")
+    parser.add_argument("--model", type=Path, required=True, help=".tflite or .onnx to deploy")
+    parser.add_argument("--profile", default="auto", help="device profile (default: detected "
+                        "on the device)")
+    parser.add_argument("--service", action="store_true",
+                        help="install and (re)start the edgeconv-camera systemd service")
+    parser.add_argument("--remote-dir", default="edgeconv",
+                        help="folder on the device, relative to the user's home (default: "
+                        "%(default)s)")
+    parser.add_argument("--accept-new-host-key", action="store_true",
+                        help="trust the device's host key if ssh has never seen it")
+    parser.add_argument("--known-hosts", type=Path, help="known_hosts file to use")
+    parser.add_argument("--no-rsync", action="store_true", help="copy with tar over ssh")
+    parser.add_argument("--timeout", type=int, default=10, help="connect timeout, seconds")
+    args = parser.parse_args(argv)
+    if not args.model.is_file():
+        parser.error(f"{args.model}: model file not found")
+    try:
+        result = deploy(args)
+    except DeployError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"deployed to {args.host}: {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

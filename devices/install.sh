@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Install edgeconv's runtime on this device and prove it works.
+#
+#   devices/install.sh [--profile NAME|auto] [--model FILE] [--expect LABEL] [--venv DIR]
+#                      [--service] [--user NAME] [--no-apt] [--render-unit FILE]
+#
+# Detects the architecture and OS, creates a virtual environment holding only what the
+# profile's runtime needs (numpy, Pillow, one engine; picamera2 comes from apt on Raspberry Pi
+# OS), then classifies the bundled photo with the model as a self-test. Safe to re-run.
+# --service installs and starts edgeconv-camera.service; --render-unit only writes that unit.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+profile=auto model="" expect="" venv="$root/.venv" service=0 user="${SUDO_USER:-$(id -un)}"
+apt=1 render=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile="$2"; shift 2 ;;
+    --model) model="$2"; shift 2 ;;
+    --expect) expect="$2"; shift 2 ;;
+    --venv) venv="$2"; shift 2 ;;
+    --service) service=1; shift ;;
+    --user) user="$2"; shift 2 ;;
+    --no-apt) apt=0; shift ;;
+    --render-unit) render="$2"; shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf 'install: %s\n' "$*"; }
+die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
+
+command -v python3 >/dev/null || die "python3 not found (sudo apt install python3 python3-venv)"
+arch="$(uname -m)"
+os="$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}" || echo unknown)"
+board="$(tr -d '\0' < /proc/device-tree/model 2>/dev/null || echo "")"
+if [ "$profile" = auto ]; then
+  profile="$(cd "$root" && python3 -c 'from runtime.profiles import detect; print(detect())')"
+fi
+profile_file="$here/$profile/profile.json"
+[ -f "$profile_file" ] || die "unknown profile '$profile' (see $here/*/profile.json)"
+field() { python3 -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print(' '.join(v) if isinstance(v, list) else v)" "$profile_file" "$1"; }
+say "device: $arch, $os${board:+, $board}; profile $profile"
+case " $(field arch) " in
+  *" $arch "*) ;;
+  *) say "warning: profile $profile is meant for $(field arch), this is $arch" ;;
+esac
+
+if [ "$apt" = 1 ] && [ -n "$(field apt)" ] && [ -n "$board" ]; then
+  say "system packages: $(field apt)"
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get install -y -q $(field apt) >/dev/null
+fi
+
+site=""; [ "$(field system_site_packages)" = True ] && site="--system-site-packages"
+if [ ! -x "$venv/bin/python" ]; then
+  say "virtual environment: $venv ${site:+(with system packages, for picamera2)}"
+  python3 -m venv $site "$venv"
+else
+  say "virtual environment: $venv (reused)"
+fi
+read -r -a packages <<< "$(field pip)"
+say "python packages: ${packages[*]}"
+"$venv/bin/pip" install -q --disable-pip-version-check "${packages[@]}"
+
+if [ -n "$model" ]; then
+  [ -f "$model" ] || die "model $model not found"
+  say "self-test: classifying devices/selftest/cat.jpg with $model"
+  result="$("$venv/bin/python" "$root/runtime/classify" "$model" "$here/selftest/cat.jpg" \
+            --profile "$profile" --json 2>/dev/null)" || die "self-test could not classify"
+  label="$(printf '%s' "$result" | "$venv/bin/python" -c 'import json,sys; print(json.loads(sys.stdin.readline())["label"])')"
+  if [ -n "$expect" ] && [ "$label" != "$expect" ]; then
+    die "self-test failed: got '$label', expected '$expect'"
+  fi
+  say "self-test passed: $label${expect:+ (expected $expect)}"
+fi
+
+render_unit() {  # the unit with this install's paths, user, model and profile
+  sed -e "s|@ROOT@|$root|g" -e "s|@VENV@|$venv|g" -e "s|@USER@|$user|g" \
+      -e "s|@MODEL@|$(cd "$(dirname "$model")" && pwd)/$(basename "$model")|g" \
+      -e "s|@PROFILE@|$profile|g" "$here/edgeconv-camera.service" > "$1"
+}
+if [ -n "$render" ]; then
+  [ -n "$model" ] || die "--render-unit needs --model"
+  render_unit "$render"
+  say "unit written to $render"
+fi
+
+if [ "$service" = 1 ]; then
+  [ -n "$model" ] || die "--service needs --model"
+  unit=/etc/systemd/system/edgeconv-camera.service
+  rendered="$(mktemp)"
+  render_unit "$rendered"
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd install -m 644 "$rendered" "$unit"
+  rm -f "$rendered"
+  $sudo_cmd systemctl daemon-reload
+  $sudo_cmd systemctl enable --now edgeconv-camera.service
+  $sudo_cmd systemctl restart edgeconv-camera.service
+  say "service: edgeconv-camera enabled (journalctl -u edgeconv-camera -f)"
+fi
+say "done: $root/runtime/classify MODEL --profile $profile --camera"

@@ -1,0 +1,180 @@
+"""devices/: profiles, install.sh in a clean folder, the systemd unit, deploy over real SSH."""
+
+import hashlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_script
+
+from runtime.classifier import Classifier
+from runtime.metadata import read_metadata
+from runtime.profiles import available, load_profile
+
+PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
+USER = "edgeconv-deploy"
+
+
+def test_every_profile_names_an_engine_threads_camera_and_packages():
+    assert set(available()) == {"raspberry-pi-5", "raspberry-pi-4", "raspberry-pi-32bit",
+                                "linux-x86_64"}
+    for name in available():
+        profile = load_profile(name)
+        assert profile["engine"] in ("litert", "tflite-runtime")
+        assert {"threads", "camera", "width", "height", "every", "pip"} <= set(profile)
+    assert "numpy<2" in load_profile("raspberry-pi-32bit")["pip"]
+    assert load_profile("auto")["name"] == "linux-x86_64"  # this machine
+
+
+def test_classify_applies_a_profile_and_flags_override_it(exported):
+    model = exported / "model_int8.tflite"
+    result = run_script("runtime/classify", model, PHOTO, "--profile", "raspberry-pi-32bit",
+                        "--engine", "litert", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert "(litert, 1 threads)" in result.stdout
+
+
+def clean_copy(tmp_path: Path) -> Path:
+    """runtime/ and devices/ alone, as deploy puts them on a device."""
+    root = tmp_path / "device"
+    for folder in ("runtime", "devices"):
+        shutil.copytree(REPO / folder, root / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def test_install_sh_in_a_clean_folder_then_again(exported, tmp_path):
+    root = clean_copy(tmp_path)
+    model = exported / "model_int8.tflite"
+    expect = Classifier(model).predict(PHOTO).label
+    command = ["bash", str(root / "devices" / "install.sh"), "--profile", "linux-x86_64",
+               "--model", str(model), "--expect", expect, "--no-apt"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"self-test passed: {expect}" in first.stdout
+    venv_python = root / ".venv" / "bin" / "python"
+    no_tf = subprocess.run([str(venv_python), "-c", "import tensorflow"], capture_output=True)
+    assert no_tf.returncode != 0
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "(reused)" in again.stdout
+    wrong = "dogs" if expect == "cats" else "cats"
+    failed = subprocess.run(command[:-3] + ["--expect", wrong, "--no-apt"],
+                            capture_output=True, text=True, timeout=900)
+    assert failed.returncode == 1 and "self-test failed" in failed.stderr
+
+    unit = tmp_path / "edgeconv-camera.service"
+    render = subprocess.run(command + ["--render-unit", str(unit)], capture_output=True,
+                            text=True, timeout=900)
+    assert render.returncode == 0, render.stderr
+    text = unit.read_text()
+    assert "@ROOT@" not in text and "@MODEL@" not in text and "@USER@" not in text
+    assert f"ExecStart={root}/.venv/bin/python {root}/runtime/classify {model}" in text
+    assert "Restart=on-failure" in text and "User=" in text
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True)
+    assert verify.returncode == 0, verify.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ssh_device():
+    """A real OpenSSH server on 127.0.0.1 with a throwaway host key, user and client key."""
+    if not Path("/usr/sbin/sshd").exists():
+        pytest.fail("OpenSSH server not installed (.ci/run installs openssh-server)")
+    if os.geteuid() != 0:
+        pytest.fail("the SSH deploy test creates a throwaway user and needs root")
+    base = Path(tempfile.mkdtemp(prefix="edgeconv-ssh-", dir="/var/tmp"))
+    home = Path("/var/tmp") / f"{USER}-home"
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--home-dir", str(home), "--shell",
+                        "/bin/bash", USER], check=True)
+    # No password, but not "locked" either: sshd without PAM refuses locked accounts.
+    subprocess.run(["usermod", "--password", "*", USER], check=True)
+    shutil.rmtree(home / "edgeconv", ignore_errors=True)  # every run deploys afresh
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / key)],
+                       check=True)
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text((base / "client_key.pub").read_text())
+    user = pwd.getpwnam(USER)
+    for path in (ssh_dir, ssh_dir / "authorized_keys"):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    os.chmod(ssh_dir / "authorized_keys", 0o600)
+    port = free_port()
+    config = base / "sshd_config"
+    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\n"
+                      f"PidFile {base / 'sshd.pid'}\nPasswordAuthentication no\n"
+                      "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin no\n"
+                      f"AllowUsers {USER}\nAuthorizedKeysFile .ssh/authorized_keys\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield {"port": port, "identity": base / "client_key", "home": home,
+           "host_key": (base / "host_key.pub").read_text().split()[:2],
+           "known_hosts": base / "known_hosts"}
+    server.terminate()
+    server.wait(timeout=10)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def deploy(device, model, *extra):
+    return run_script("devices/deploy.py", "--host", f"{USER}@127.0.0.1", "--port",
+                      device["port"], "--identity", device["identity"], "--known-hosts",
+                      device["known_hosts"], "--model", model, "--profile", "linux-x86_64",
+                      *extra, timeout=1200)
+
+
+def test_deploy_over_ssh_checks_host_keys_then_installs_and_replaces_the_model(ssh_device,
+                                                                               exported):
+    first_model = exported / "model_int8.tflite"
+    refused = deploy(ssh_device, first_model)  # an unknown host key is not trusted silently
+    assert refused.returncode == 1
+    assert "Host key verification failed" in refused.stderr
+
+    first = deploy(ssh_device, first_model, "--accept-new-host-key")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    expect = Classifier(first_model).predict(PHOTO).label
+    assert f"self-test passed: {expect}" in first.stdout
+    known = ssh_device["known_hosts"].read_text()
+    assert ssh_device["host_key"][1] in known
+    remote_model = ssh_device["home"] / "edgeconv" / "models" / "current.tflite"
+    assert remote_model.read_bytes() == first_model.read_bytes()
+
+    second_model = exported / "model_float16.tflite"
+    second = deploy(ssh_device, second_model, "--no-rsync")  # key now known; tar transport
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "(reused)" in second.stdout
+    digest = hashlib.sha256(remote_model.read_bytes()).hexdigest()
+    assert digest == hashlib.sha256(second_model.read_bytes()).hexdigest()
+    leftovers = [p.name for p in remote_model.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    assert read_metadata(remote_model)["quantization"] == "float16"
+
+
+def test_deploy_to_a_closed_port_fails_with_a_clear_message(exported, tmp_path):
+    result = run_script("devices/deploy.py", "--host", f"{USER}@127.0.0.1", "--port",
+                        free_port(), "--model", exported / "model_int8.tflite",
+                        "--known-hosts", tmp_path / "kh", "--timeout", "5")
+    assert result.returncode == 1
+    assert "connecting failed" in result.stderr and "Connection refused" in result.stderr
+    assert "Traceback" not in result.stderr
