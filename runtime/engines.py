@@ -87,6 +87,8 @@ def quantize(images: np.ndarray, detail: dict) -> np.ndarray:
     if np.issubdtype(dtype, np.floating):
         return images.astype(dtype)
     scale, zero_point = detail["quantization"]
+    if images.dtype == dtype and scale == 1.0 and zero_point == 0:
+        return images  # uint8 pixels into a uint8 input of scale 1: nothing to do
     info = np.iinfo(dtype)
     values = np.round(images.astype(np.float32) / scale + zero_point)
     return np.clip(values, info.min, info.max).astype(dtype)
