@@ -120,6 +120,11 @@ def scatter(path: Path, name: str, reference: np.ndarray, outputs: np.ndarray) -
     plt.close(figure)
 
 
+def plot_name(artifact: str) -> str:
+    """parity_model_int8_tflite.png: the suffix too, since TFLite and ONNX share stems."""
+    return f"parity_{artifact.replace('.', '_')}.png"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| artifact | quantization | images | reference acc | artifact acc | agreement | "
              "max abs dp | mean abs dp | flips | gate |", "|---|---|---:|---:|---:|---:|---:|"
@@ -190,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                                 gates.get(quantization, gates["int8"])))
             written = args.report or args.json
             if written is not None:
-                scatter(written.parent / f"parity_{path.stem}.png", path.name, reference, outputs)
+                scatter(written.parent / plot_name(path.name), path.name, reference, outputs)
     except (ExportError, ModelFileError, EngineError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -200,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, {"reference": str(args.reference), "data": str(args.data),
                                "images": len(files), "skipped": errors, "artifacts": rows})
     if args.report:
-        plots = "\n".join(f"![{row['artifact']}](parity_{Path(row['artifact']).stem}.png)"
-                          for row in rows)
+        plots = "\n".join(f"![{row['artifact']}]({plot_name(row['artifact'])})" for row in rows)
         with atomic_path(args.report) as tmp:
             tmp.write_text(f"# Export parity\n\nReference `{args.reference}`, "
                            f"{len(files)} images under `{args.data}`.\n\n{report}\n\n{plots}\n")

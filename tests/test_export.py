@@ -69,7 +69,7 @@ def test_parity_gates_pass_on_real_photos(exported, real_data, tmp_path):
     assert all(row["images"] == 1000 and row["passed"] for row in rows.values())
     for name in ("model_float32.tflite", "model_float.onnx"):
         assert rows[name]["agreement"] == 1.0 and rows[name]["max_abs_dp"] <= 1e-4
-    assert (tmp_path / "parity_model_int8.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "parity_model_int8_tflite.png").read_bytes()[:4] == b"\x89PNG"
 
     # The device's classify gives, file by file, the labels the parity check scored.
     artifact = exported / "model_int8.tflite"
