@@ -38,12 +38,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Example: python train/run.py --data data/cats_and_dogs_small "
         "--recipe augmented --out runs/augmented",
     )
-    parser.add_argument("--data", type=Path, help="dataset folder (default: $EDGECONV_DATA, "
-                        f"else {DEFAULT_DATA})")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help=f"dataset folder (default: $EDGECONV_DATA, else {DEFAULT_DATA})")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="baseline",
                         help="baseline: no augmentation, 30 epochs; augmented: augmentation "
                         "+ dropout, 100 epochs (default: %(default)s)")
-    parser.add_argument("--out", type=Path, required=True, help="run folder to write")
+    parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
+                        help="run folder to write")
     parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
