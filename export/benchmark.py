@@ -30,6 +30,7 @@ from export import parity, to_onnx, to_tflite  # noqa: E402
 from export.common import ExportError, Source  # noqa: E402
 from runtime.classifier import Classifier  # noqa: E402
 from runtime.files import atomic_path, write_json  # noqa: E402
+from train.plots import pyplot, save_figure  # noqa: E402
 
 BATCHES = "1,8,32"
 FORMATS: list[tuple[str, str, Callable[[Source], Path]]] = [
@@ -152,10 +153,7 @@ def hardware_line(rows: list[dict], macs: int) -> str:
 
 
 def bar_chart(rows: list[dict], threads: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shown = [r for r in rows if r["ms_p50"]]
     names = [r["format"] for r in shown]
@@ -167,9 +165,7 @@ def bar_chart(rows: list[dict], threads: list[int], path: Path) -> None:
     size.set_xlabel("size MB")
     size.invert_yaxis()
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=90, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from runtime.files import atomic_path, write_json  # noqa: E402
 from runtime.metadata import ModelFileError  # noqa: E402
 from runtime.preprocess import ImageError, is_image_file, load_image  # noqa: E402
 from runtime.progress import progress  # noqa: E402
+from train.plots import pyplot, save_figure  # noqa: E402
 
 BATCH = 32
 
@@ -103,10 +104,7 @@ def compare(name: str, quantization: str, files: list[Path], truth: np.ndarray,
 
 
 def scatter(path: Path, name: str, reference: np.ndarray, outputs: np.ndarray) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(4.5, 4.5))
     axes.scatter(reference.ravel(), outputs.ravel(), s=4, alpha=0.5)
@@ -115,9 +113,7 @@ def scatter(path: Path, name: str, reference: np.ndarray, outputs: np.ndarray) -
     axes.set_ylabel(f"p ({name})")
     axes.set_title(name, fontsize=9)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=90, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_name(artifact: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from runtime.files import atomic_path
+from train.plots import pyplot, save_figure
 
 
 def predict_labels(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,10 +63,7 @@ def _cpu_name() -> str:
 
 def plot_curves(history: dict, path: Path, title: str = "") -> None:
     """Training vs validation accuracy and loss per epoch, as in the book's figures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = range(1, len(history.get("loss", [])) + 1)
     figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(11, 4))
@@ -79,6 +76,4 @@ def plot_curves(history: dict, path: Path, title: str = "") -> None:
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100, format="png")
-    plt.close(figure)
+    save_figure(figure, path, dpi=100)

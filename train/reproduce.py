@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 from runtime.files import atomic_path, write_json  # noqa: E402
 from train import run as train_run  # noqa: E402
+from train.plots import pyplot, save_figure  # noqa: E402
 from train.recipes import RECIPES  # noqa: E402
 
 RECIPE_ORDER = ("baseline", "augmented")
@@ -88,10 +89,7 @@ def summarize(finished: dict[str, list]) -> dict:
 
 def curves_figure(finished: dict[str, list], path: Path) -> None:
     """Accuracy and loss curves of the first seed of each recipe, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     recipes = list(finished)
     figure, axes = plt.subplots(2, len(recipes), figsize=(5.5 * len(recipes), 7), squeeze=False)
@@ -107,9 +105,7 @@ def curves_figure(finished: dict[str, list], path: Path) -> None:
             ax.set_xlabel("epoch")
             ax.legend()
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=90, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def write_markdown(path: Path, summary: dict, parity_rows: list[dict], best: str,
