@@ -1,11 +1,11 @@
-"""The seed architecture and the augmentation layer."""
+"""The seed and plus architectures, the MAC count and the augmentation layer."""
 
 import keras
 import numpy as np
 import pytest
 
 from train.augment import RandomAffine
-from train.model import build_model, count_macs
+from train.model import build_model, build_plus_model, count_macs
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
@@ -39,6 +39,30 @@ def test_inputs_are_raw_pixels_scaled_inside_the_model():
 
 def test_macs_of_the_seed_model():
     assert count_macs(build_model()) == 236_095_488
+
+
+def test_plus_model_fits_the_edge_budget():
+    model = build_plus_model()
+    assert count_macs(model) <= 250_000_000  # the seed: 236 M
+    assert model.count_params() < 1_000_000  # int8 under 1 MB; the budget is 3.5 MB
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"SeparableConv2D", "BatchNormalization", "Add", "GlobalAveragePooling2D"} <= kinds
+    assert "Flatten" not in kinds
+    assert model.output_shape == (None, 1)
+    assert build_plus_model(5).output_shape == (None, 5)
+
+
+def test_separable_macs_are_depthwise_plus_pointwise():
+    inputs = keras.Input((10, 10, 4))
+    outputs = keras.layers.SeparableConv2D(8, 3, padding="same")(inputs)
+    model = keras.Model(inputs, outputs)
+    assert count_macs(model) == (3 * 3 * 4 + 4 * 8) * 10 * 10
+
+
+def test_plus_model_accepts_any_input_size():
+    model = build_plus_model(input_shape=(96, 128, 3))
+    assert model.predict(images(2, 96)[:, :, :96].repeat(2, axis=2)[:, :, :128],
+                         verbose=0).shape == (2, 1)
 
 
 def test_mixed_precision_keeps_a_float32_head():

@@ -7,7 +7,8 @@ from conftest import run_script
 
 def test_reproduce_writes_results_and_skips_finished_runs(real_data, tmp_path):
     args = ["train/reproduce.py", "--data", real_data, "--out", tmp_path / "results",
-            "--seeds", "0,1", "--epochs", "1", "--limit", "20", "--docs",
+            "--recipes", "baseline,augmented", "--seeds", "0,1", "--epochs", "1",
+            "--limit", "20", "--docs",
             tmp_path / "docs" / "results.md"]
     first = run_script(*args)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -17,11 +18,12 @@ def test_reproduce_writes_results_and_skips_finished_runs(real_data, tmp_path):
         stats = numbers["recipes"][recipe]["test_accuracy"]
         assert stats["n"] == 2 and stats["min"] <= stats["mean"] <= stats["max"]
         assert numbers["recipes"][recipe]["seeds"] == [0, 1]
-    assert {row["artifact"] for row in numbers["parity"]} == {"model_int8.tflite",
-                                                               "model_int8.onnx"}
+    assert list(numbers["exported"]) == ["augmented"]  # the baseline is not deployed
+    parity = numbers["exported"]["augmented"]["parity"]
+    assert {row["artifact"] for row in parity} == {"model_int8.tflite", "model_int8.onnx"}
     text = (docs / "results.md").read_text()
     assert "| baseline | 1 |" in text and "| augmented | 1 |" in text
-    assert "--seeds 0,1 --epochs 1 --limit 20" in text
+    assert "--recipes baseline,augmented --seeds 0,1 --epochs 1 --limit 20" in text
     assert "| model_int8.tflite |" in text
     assert (docs / "results_curves.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -1,4 +1,8 @@
-"""The seed convnet: Conv 32-64-128-128 with max-pooling, Flatten, [Dropout], Dense 512.
+"""The convnets: the seed's, and the smaller, stronger one of the plus recipe.
+
+seed: Conv 32-64-128-128 with max-pooling, Flatten, [Dropout], Dense 512, as in the book.
+plus: a residual network of separable convolutions with batch normalization (see
+build_plus_model).
 
 Two classes end in Dense(1, sigmoid) as in the seed; more end in Dense(N, softmax).
 Inputs are raw 0..255 pixels; a Rescaling layer scales them to [0, 1] inside the model,
@@ -21,7 +25,6 @@ def build_model(
     """Build the seed architecture. `dtype` is a Keras dtype policy, e.g. "mixed_bfloat16"."""
     if num_classes < 2:
         raise ValueError("a classifier needs at least two classes")
-    binary = num_classes == 2
     layers = [keras.Input(shape=input_shape), keras.layers.Rescaling(1.0 / 255, dtype=dtype)]
     for filters in (32, 64, 128, 128):
         layers += [
@@ -31,26 +34,75 @@ def build_model(
     layers.append(keras.layers.Flatten(dtype=dtype))
     if dropout:
         layers.append(keras.layers.Dropout(dropout, dtype=dtype))
-    layers += [
-        keras.layers.Dense(512, activation="relu", dtype=dtype),
-        # The head stays float32 under mixed precision: probabilities need the range.
-        keras.layers.Dense(
-            1 if binary else num_classes,
-            activation="sigmoid" if binary else "softmax",
-            dtype="float32",
-        ),
-    ]
+    layers += [keras.layers.Dense(512, activation="relu", dtype=dtype), _head(num_classes)]
     return keras.Sequential(layers, name="seed_convnet")
 
 
+PLUS_WIDTHS = (64, 128, 256, 512)
+
+
+def build_plus_model(
+    num_classes: int = 2,
+    dropout: float = 0.3,
+    input_shape: tuple[int, int, int] = INPUT_SHAPE,
+    dtype: str = "float32",
+    widths: tuple[int, ...] = PLUS_WIDTHS,
+) -> keras.Model:
+    """A residual separable convnet with batch normalization, in the seed's budget.
+
+    A strided 3x3 stem halves the resolution first: the seed spends most of its MACs at
+    full resolution, this network spends them on more channels deeper down. Each stage is
+    two (BN, ReLU, separable 3x3) blocks and a 3x3/2 max-pool, with a strided 1x1 projection
+    as its shortcut; global average pooling replaces Flatten + Dense 512.
+    """
+    if num_classes < 2:
+        raise ValueError("a classifier needs at least two classes")
+    L = keras.layers
+    inputs = keras.Input(shape=input_shape)
+    x = L.Rescaling(1.0 / 255, dtype=dtype)(inputs)
+    x = L.Conv2D(widths[0] // 2, 3, strides=2, padding="same", use_bias=False, dtype=dtype)(x)
+    for width in widths:
+        shortcut = x
+        for _ in range(2):
+            x = L.BatchNormalization(dtype=dtype)(x)
+            x = L.Activation("relu", dtype=dtype)(x)
+            x = L.SeparableConv2D(width, 3, padding="same", use_bias=False, dtype=dtype)(x)
+        x = L.MaxPooling2D(3, strides=2, padding="same", dtype=dtype)(x)
+        shortcut = L.Conv2D(width, 1, strides=2, padding="same", use_bias=False,
+                            dtype=dtype)(shortcut)
+        x = L.Add(dtype=dtype)([x, shortcut])
+    x = L.BatchNormalization(dtype=dtype)(x)
+    x = L.Activation("relu", dtype=dtype)(x)
+    x = L.GlobalAveragePooling2D(dtype=dtype)(x)
+    if dropout:
+        x = L.Dropout(dropout, dtype=dtype)(x)
+    return keras.Model(inputs, _head(num_classes)(x), name="plus_convnet")
+
+
+ARCHITECTURES = {"seed": build_model, "plus": build_plus_model}
+
+
+def _head(num_classes: int) -> keras.layers.Dense:
+    # The head stays float32 under mixed precision: probabilities need the range.
+    binary = num_classes == 2
+    return keras.layers.Dense(1 if binary else num_classes,
+                              activation="sigmoid" if binary else "softmax", dtype="float32")
+
+
 def count_macs(model: keras.Model) -> int:
-    """Multiply-accumulates per image of the Conv2D and Dense layers (the bulk of the work)."""
+    """Multiply-accumulates per image of the convolutions and Dense layers (the bulk of it)."""
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
             kernel_h, kernel_w, channels_in, channels_out = layer.kernel.shape
             _, out_h, out_w, _ = layer.output.shape
             total += kernel_h * kernel_w * channels_in * channels_out * out_h * out_w
+        elif isinstance(layer, keras.layers.SeparableConv2D):
+            kernel_h, kernel_w, channels_in, multiplier = layer.depthwise_kernel.shape
+            _, out_h, out_w, channels_out = layer.output.shape
+            depthwise = kernel_h * kernel_w * channels_in * multiplier
+            pointwise = channels_in * multiplier * channels_out
+            total += (depthwise + pointwise) * out_h * out_w
         elif isinstance(layer, keras.layers.Dense):
             total += layer.kernel.shape[0] * layer.kernel.shape[1]
     return int(total)

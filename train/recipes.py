@@ -1,19 +1,30 @@
-"""Training recipes: the seed's two experiments, as data."""
+"""Training recipes: the seed's two experiments and edgeconv's plus recipe, as data."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+# The seed's ImageDataGenerator settings (rotation and shear in degrees, shift and zoom as
+# fractions), and the gentler ones of the plus recipe.
+SEED_AUGMENTATION = {"rotation": 40.0, "shift": 0.2, "shear": 0.2, "zoom": 0.2}
+PLUS_AUGMENTATION = {"rotation": 15.0, "shift": 0.1, "shear": 5.0, "zoom": 0.2}
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     dropout: float
-    augment: bool
+    augment: dict | None  # RandomAffine settings (horizontal flip always), or None for none
     batch_size: int
     epochs: int
     passes_per_epoch: float  # training-set passes per epoch: steps = passes * images / batch
-    learning_rate: float = 1e-4  # RMSprop, as in the seed
+    architecture: str = "seed"  # a key of train.model.ARCHITECTURES
+    optimizer: str = "rmsprop"  # rmsprop at a constant rate, as in the seed; or adamw
+    learning_rate: float = 1e-4  # adamw: the peak, reached after warmup, then cosine to 0
+    weight_decay: float = 0.0  # adamw only
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    summary: str = field(default="", compare=False)
 
     def steps_per_epoch(self, train_images: int, batch_size: int | None = None) -> int:
         batch = batch_size or self.batch_size
@@ -25,9 +36,17 @@ class Recipe:
 
 RECIPES = {
     # 30 epochs of one pass over the 2,000 training images, batch 20 (100 steps).
-    "baseline": Recipe("baseline", dropout=0.0, augment=False, batch_size=20, epochs=30,
-                       passes_per_epoch=1.0),
+    "baseline": Recipe(
+        "baseline", dropout=0.0, augment=None, batch_size=20, epochs=30, passes_per_epoch=1.0,
+        summary="the seed convnet, no augmentation, 30 epochs (the book's ~72%)"),
     # 100 epochs of 100 steps of 32 augmented images: 3,200 samples (1.6 passes) per epoch.
-    "augmented": Recipe("augmented", dropout=0.5, augment=True, batch_size=32, epochs=100,
-                        passes_per_epoch=1.6),
+    "augmented": Recipe(
+        "augmented", dropout=0.5, augment=SEED_AUGMENTATION, batch_size=32, epochs=100,
+        passes_per_epoch=1.6,
+        summary="the seed convnet + augmentation + dropout, 100 epochs (the book's ~82%)"),
+    "plus": Recipe(
+        "plus", dropout=0.3, augment=PLUS_AUGMENTATION, batch_size=32, epochs=120,
+        passes_per_epoch=1.0, architecture="plus", optimizer="adamw", learning_rate=2e-3,
+        weight_decay=0.05, warmup_epochs=3, label_smoothing=0.1,
+        summary="residual separable convnet + BN, AdamW, cosine, label smoothing"),
 }

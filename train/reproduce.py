@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Reproduce the seed's two numbers (about 72% plain, about 82% with augmentation + dropout)
-and publish them with what survives quantization.
+and edgeconv's plus recipe, and publish them with what survives quantization.
 
   python train/reproduce.py --data DIR --out results/ [--seeds 0,1,2] [--docs docs/results.md]
 
-Trains `baseline` and `augmented` for each seed (each run resumable, finished runs skipped),
-exports the augmented run with the best validation accuracy to full-int8 TFLite and ONNX,
-runs the parity check on the test split, and writes docs/results.md with its figures and the
-JSON of numbers behind them. Interrupted, it picks up where it stopped.
+Trains each recipe (`--recipes`, default all) for each seed (each run resumable, finished runs
+skipped), exports the run of each augmented recipe with the best validation accuracy to
+full-int8 TFLite and ONNX, runs the parity check on the test split, and writes
+docs/results.md with its figures and the JSON of numbers behind them. Interrupted, it picks
+up where it stopped.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ from train import run as train_run  # noqa: E402
 from train.plots import pyplot, save_figure  # noqa: E402
 from train.recipes import RECIPES  # noqa: E402
 
-RECIPE_ORDER = ("baseline", "augmented")
 
-
-def train_all(data: Path, out: Path, seeds: list[int], extra: list[str]) -> dict[str, list]:
+def train_all(data: Path, out: Path, recipes: list[str], seeds: list[int],
+              extra: list[str]) -> dict[str, list]:
     """recipe -> [metrics of each seed's finished run]."""
     finished: dict[str, list] = {}
-    for recipe in RECIPE_ORDER:
+    for recipe in recipes:
         for seed in seeds:
             run_dir = out / f"{recipe}-seed{seed}"
             if not (run_dir / "metrics.json").exists():
@@ -46,7 +46,7 @@ def train_all(data: Path, out: Path, seeds: list[int], extra: list[str]) -> dict
 
 
 def export_and_check(best: Path, data: Path) -> list[dict]:
-    """int8 TFLite + int8 ONNX of the best augmented run, and their parity on the test split."""
+    """int8 TFLite + int8 ONNX of a run, and their parity on the test split."""
     from export import parity, to_onnx, to_tflite
     from export.common import Source
 
@@ -108,15 +108,15 @@ def curves_figure(finished: dict[str, list], path: Path) -> None:
     save_figure(figure, path)
 
 
-def write_markdown(path: Path, summary: dict, parity_rows: list[dict], best: str,
-                   command: str, figure: Path) -> None:
+def write_markdown(path: Path, summary: dict, exported: dict[str, dict], command: str,
+                   figure: Path) -> None:
     def pct(stats):
         if stats["n"] == 1:
             return f"{100 * stats['mean']:.1f}% (1 seed)"
         return (f"{100 * stats['mean']:.1f}% ({100 * stats['min']:.1f}-"
                 f"{100 * stats['max']:.1f}, {stats['n']} seeds)")
 
-    lines = ["# Results: the seed convnet on 2,000 cats and dogs", "",
+    lines = ["# Results: convnets trained from scratch on 2,000 cats and dogs", "",
              f"Reproduce with `{command}` (each run resumes; finished runs are kept).", "",
              "| recipe | epochs | validation accuracy | test accuracy | train minutes | "
              "images/s | precision |", "|---|---:|---:|---:|---:|---:|---|"]
@@ -129,19 +129,23 @@ def write_markdown(path: Path, summary: dict, parity_rows: list[dict], best: str
               "Accuracy is the final epoch's model (no early stopping); test is read once per "
               "finished run. Images/s counts training images over the whole fit, validation "
               "included.", "", f"![training curves]({figure.name})", ""]
-    if parity_rows:
-        lines += [f"## What survives int8 quantization ({best})", "",
+    for recipe, export in exported.items():
+        lines += [f"## What survives int8 quantization: {recipe} ({export['run']})", "",
                   "End to end from the test JPEGs: Keras through the training pipeline, each "
                   "artifact through `runtime/` as a device runs it.", "",
                   "| artifact | Keras accuracy | artifact accuracy | label agreement | "
                   "max abs dp | gate |", "|---|---:|---:|---:|---:|---|"]
-        for row in parity_rows:
+        for row in export["parity"]:
             lines.append(f"| {row['artifact']} | {100 * row['reference_accuracy']:.1f}% | "
                          f"{100 * row['artifact_accuracy']:.1f}% | "
                          f"{100 * row['agreement']:.1f}% | {row['max_abs_dp']:.3f} | "
                          f"{'pass' if row['passed'] else 'FAIL'} |")
+        lines.append("")
+    notes = path.with_name("results_notes.md")  # hand-written findings, kept across reruns
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
     with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,14 +154,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="dataset folder (default: as train/run.py)")
     parser.add_argument("--out", type=Path, default=Path("results"),
                         help="folder for the runs (default: %(default)s)")
+    parser.add_argument("--recipes", default=",".join(RECIPES),
+                        help="comma-separated recipes to train and report (default: %(default)s)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated (default: 0,1,2)")
     parser.add_argument("--docs", type=Path, default=Path("docs/results.md"),
                         help="Markdown to write; figures and JSON go beside it")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
-    parser.add_argument("--epochs", type=int, help="override both recipes' epochs (quick checks)")
+    parser.add_argument("--epochs", type=int, help="override every recipe's epochs (quick "
+                        "checks)")
     parser.add_argument("--limit", type=int, help="at most N images per class per split "
                         "(quick checks)")
     args = parser.parse_args(argv)
+    recipes = args.recipes.split(",")
+    unknown = sorted(set(recipes) - set(RECIPES))
+    if unknown:
+        parser.error(f"unknown recipe {unknown[0]!r}; choose from {', '.join(RECIPES)}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
         data = train_run.resolve_data(args.data)
@@ -171,19 +182,26 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--epochs", args.epochs), ("--limit", args.limit)):
         if value is not None:
             extra += [flag, str(value)]
-    finished = train_all(data, args.out, seeds, extra)
-    best = max(finished["augmented"], key=lambda run: run["val_accuracy"])["run_dir"]
-    parity_rows = export_and_check(Path(best), data)
+    finished = train_all(data, args.out, recipes, seeds, extra)
+    exported = {}
+    for recipe, runs in finished.items():
+        if RECIPES[recipe].augment is None:
+            continue  # the overfitting baseline is a reference point, not a model to deploy
+        best = Path(max(runs, key=lambda run: run["val_accuracy"])["run_dir"])
+        exported[recipe] = {"run": best.name, "parity": export_and_check(best, data)}
     summary = summarize(finished)
     figure = args.docs.with_name("results_curves.png")
     curves_figure(finished, figure)
+    options = [] if args.recipes == parser.get_default("recipes") else ["--recipes", args.recipes]
     command = "python train/reproduce.py --data DIR " + " ".join(
-        ["--seeds", args.seeds] + extra[2:])
+        [*options, "--seeds", args.seeds, *extra[2:]])
+    for export in exported.values():
+        for row in export["parity"]:
+            row.pop("flips", None)
     write_json(args.docs.with_name("results.json"), {
-        "recipes": summary, "best_augmented_run": Path(best).name,
-        "parity": [{k: v for k, v in row.items() if k != "flips"} for row in parity_rows],
-        "recipe_definitions": {name: RECIPES[name].as_dict() for name in RECIPE_ORDER}})
-    write_markdown(args.docs, summary, parity_rows, Path(best).name, command, figure)
+        "recipes": summary, "exported": exported,
+        "recipe_definitions": {name: RECIPES[name].as_dict() for name in recipes}})
+    write_markdown(args.docs, summary, exported, command, figure)
     print(f"wrote {args.docs}")
     return 0
 

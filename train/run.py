@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Train the seed convnet on a folder-of-classes dataset.
+"""Train a convnet on a folder-of-classes dataset.
 
-  python train/run.py --data DIR --recipe {baseline,augmented} --out RUN_DIR [--resume]
+  python train/run.py --data DIR --recipe {baseline,augmented,plus} --out RUN_DIR [--resume]
 
 RUN_DIR receives model.keras (float32, inputs 0..255), history.json, metrics.json and
 curves.png. A checkpoint is written after every epoch: --resume continues a run that was
@@ -33,16 +33,18 @@ RUN_FILE = "run.json"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="train/run.py",
-        description="Train the seed convnet (Conv 32-64-128-128, Dense 512) on DIR/{train,"
-        "validation,test}/<class>/<images> and write model, metrics and curves to RUN_DIR.",
+        description="Train a convnet (the seed's Conv 32-64-128-128 + Dense 512, or the plus "
+        "recipe's residual separable one) on DIR/{train,validation,test}/<class>/<images> and "
+        "write model, metrics and curves to RUN_DIR.",
         epilog="Example: python train/run.py --data data/cats_and_dogs_small "
         "--recipe augmented --out runs/augmented",
     )
     parser.add_argument("--data", type=Path, metavar="DIR",
                         help=f"dataset folder (default: $EDGECONV_DATA, else {DEFAULT_DATA})")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="baseline",
-                        help="baseline: no augmentation, 30 epochs; augmented: augmentation "
-                        "+ dropout, 100 epochs (default: %(default)s)")
+    parser.add_argument("--recipe", choices=list(RECIPES), default="baseline",
+                        help="; ".join(f"{name}: {recipe.summary}"
+                                       for name, recipe in RECIPES.items())
+                        + " (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
                         help="run folder to write")
     parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
@@ -161,8 +163,9 @@ def train(args: argparse.Namespace) -> int:
         print(f"resuming {out} at epoch {state['epoch'] + 1} of {config['epochs']}")
     else:
         state = {"epoch": 0, "checkpoint": None, "history": {}, "train_seconds": 0.0}
+        steps = recipe.steps_per_epoch(len(train_set[0]), config["batch_size"])
         model = trainer.new_training_model(recipe, len(dataset.classes), precision, args.seed,
-                                           INPUT_SHAPE)
+                                           INPUT_SHAPE, steps, config["epochs"])
     keras.utils.set_random_seed(args.seed + state["epoch"])
     print(f"recipe {recipe.name}: {config['epochs']} epochs, batch {config['batch_size']}, "
           f"precision {precision}, backend {keras.backend.backend()}")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from keras import ops
 
 from runtime.files import atomic_path, write_json
 from train.augment import RandomAffine
-from train.model import build_model
+from train.model import ARCHITECTURES
 from train.recipes import Recipe
 
 STATE_FILE = "state.json"
@@ -79,22 +80,70 @@ class Checkpointer(keras.callbacks.Callback):
             (self.run_dir / previous).unlink(missing_ok=True)
 
 
+@keras.saving.register_keras_serializable(package="edgeconv")
+class SparseCrossentropy(keras.losses.Loss):
+    """Categorical cross-entropy from integer labels, with label smoothing (which Keras's
+    SparseCategoricalCrossentropy lacks)."""
+
+    def __init__(self, label_smoothing: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        one_hot = ops.one_hot(labels, ops.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(
+            one_hot, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return super().get_config() | {"label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="edgeconv")
+class AdamW(keras.optimizers.AdamW):
+    """AdamW that decays kernels only, never BatchNorm's scales and offsets or biases.
+
+    The exclusion is made in __init__ so that it survives a checkpoint's save and load.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+
+
 def new_training_model(recipe: Recipe, num_classes: int, precision: str, seed: int,
-                       input_shape: tuple[int, int, int]) -> keras.Model:
-    """The model to fit: [augmentation] + the seed convnet, compiled with RMSprop."""
+                       input_shape: tuple[int, int, int], steps_per_epoch: int,
+                       epochs: int) -> keras.Model:
+    """The model to fit: [augmentation] + the recipe's convnet, compiled with its optimizer."""
     dtype = "mixed_bfloat16" if precision == "bfloat16" else "float32"
     layers = [keras.Input(shape=input_shape)]
-    if recipe.augment:
-        layers.append(RandomAffine(seed=seed, name="augment"))
-    layers.append(build_model(num_classes, recipe.dropout, input_shape, dtype=dtype))
+    if recipe.augment is not None:
+        layers.append(RandomAffine(**recipe.augment, seed=seed, name="augment"))
+    build = ARCHITECTURES[recipe.architecture]
+    layers.append(build(num_classes, recipe.dropout, input_shape, dtype=dtype))
     model = keras.Sequential(layers, name=f"train_{recipe.name}")
-    binary = num_classes == 2
-    model.compile(
-        optimizer=keras.optimizers.RMSprop(learning_rate=recipe.learning_rate),
-        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    if num_classes == 2:
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
+    else:
+        loss = SparseCrossentropy(label_smoothing=recipe.label_smoothing)
+    optimizer = new_optimizer(recipe, steps_per_epoch, epochs)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return model
+
+
+def new_optimizer(recipe: Recipe, steps_per_epoch: int,
+                  epochs: int) -> keras.optimizers.Optimizer:
+    """RMSprop at a constant rate (the seed), or AdamW with linear warmup then cosine to 0."""
+    if recipe.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=recipe.learning_rate)
+    if recipe.optimizer != "adamw":
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+    total = steps_per_epoch * epochs
+    warmup = min(steps_per_epoch * recipe.warmup_epochs, total // 10)  # short runs: 10%
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=max(1, total - warmup),
+        warmup_target=recipe.learning_rate, warmup_steps=warmup)
+    return AdamW(learning_rate=schedule, weight_decay=recipe.weight_decay)
 
 
 def fit(run_dir: Path, model: keras.Model, state: dict, train: tuple[np.ndarray, np.ndarray],
@@ -117,7 +166,8 @@ def fit(run_dir: Path, model: keras.Model, state: dict, train: tuple[np.ndarray,
 
 def inference_model(trained: keras.Model, recipe: Recipe, num_classes: int,
                     input_shape: tuple[int, int, int]) -> keras.Model:
-    """The seed convnet alone, in float32, carrying the trained weights (no augmentation)."""
-    model = build_model(num_classes, recipe.dropout, input_shape, dtype="float32")
+    """The recipe's convnet alone, in float32, carrying the trained weights (no augmentation)."""
+    build = ARCHITECTURES[recipe.architecture]
+    model = build(num_classes, recipe.dropout, input_shape, dtype="float32")
     model.set_weights(trained.layers[-1].get_weights())
     return model

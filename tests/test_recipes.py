@@ -1,0 +1,59 @@
+"""Recipes as data, and the optimizer and loss the plus recipe compiles with."""
+
+import keras
+import numpy as np
+import pytest
+
+from train.recipes import RECIPES
+from train.trainer import AdamW, SparseCrossentropy, new_optimizer, new_training_model
+
+
+def test_seed_recipes_are_the_books():
+    baseline, augmented = RECIPES["baseline"], RECIPES["augmented"]
+    assert (baseline.optimizer, baseline.learning_rate, baseline.augment) == ("rmsprop", 1e-4, None)
+    assert (augmented.dropout, augmented.epochs, augmented.batch_size) == (0.5, 100, 32)
+    assert augmented.augment == {"rotation": 40.0, "shift": 0.2, "shear": 0.2, "zoom": 0.2}
+
+
+def test_plus_schedule_warms_up_then_decays_to_zero():
+    recipe = RECIPES["plus"]
+    optimizer = new_optimizer(recipe, steps_per_epoch=10, epochs=recipe.epochs)
+    schedule = optimizer._learning_rate
+    warmup = 10 * recipe.warmup_epochs
+    rates = [float(schedule(step)) for step in (0, warmup // 2, warmup, 10 * recipe.epochs)]
+    assert rates[0] == 0.0 and 0 < rates[1] < rates[2]
+    assert rates[2] == pytest.approx(recipe.learning_rate)
+    assert rates[3] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_adamw_decays_kernels_only_even_after_save_and_load():
+    optimizer = AdamW.from_config(AdamW(weight_decay=0.1).get_config())
+    kernel = keras.Variable(np.ones((2, 2)), name="kernel")
+    gamma = keras.Variable(np.ones(2), name="gamma")
+    bias = keras.Variable(np.ones(2), name="bias")
+    optimizer.build([kernel, gamma, bias])
+    assert optimizer._use_weight_decay(kernel)
+    assert not optimizer._use_weight_decay(gamma) and not optimizer._use_weight_decay(bias)
+
+
+def test_smoothed_sparse_crossentropy_matches_the_one_hot_formula():
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    labels = np.array([0, 2])
+    smoothed = 0.1 / 3 + 0.9 * np.eye(3)[labels]
+    expected = -(smoothed * np.log(probabilities)).sum(axis=1).mean()
+    loss = SparseCrossentropy(label_smoothing=0.1)(labels, probabilities)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_plus_training_model_updates_every_trainable_weight(classes):
+    model = new_training_model(RECIPES["plus"], classes, "float32", seed=0,
+                               input_shape=(48, 48, 3), steps_per_epoch=10, epochs=2)
+    x = np.random.default_rng(0).integers(0, 256, (8, 48, 48, 3)).astype(np.float32)
+    y = np.arange(8) % classes
+    before = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    for _ in range(3):
+        loss = model.train_on_batch(x, y)[0]
+    assert np.isfinite(loss) and int(model.optimizer.iterations) == 3
+    after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    assert all(not np.array_equal(b, a) for b, a in zip(before, after))
