@@ -5,8 +5,9 @@ import shutil
 
 from conftest import ARTIFACTS, run_script
 
-ROW_KEYS = {"format", "file", "status", "size_mb", "accuracy", "agreement", "ms_p50",
-            "ms_range", "images_per_second", "best_batch", "cold_start_s", "peak_rss_mb"}
+ROW_KEYS = {"run", "format", "file", "status", "macs_per_image", "size_mb", "accuracy",
+            "agreement", "ms_p50", "ms_range", "images_per_second", "best_batch",
+            "cold_start_s", "peak_rss_mb"}
 
 
 def test_benchmark_exports_what_is_missing_and_reports_a_broken_format(exported, real_data,
@@ -36,9 +37,33 @@ def test_benchmark_exports_what_is_missing_and_reports_a_broken_format(exported,
         assert set(row["ms_p50"]) == {"1", "2"} and row["images_per_second"] > 0
         assert row["cold_start_s"] > 0 and row["peak_rss_mb"] > 0 and 0 <= row["accuracy"] <= 1
     assert rows["model_float32.tflite"]["agreement"] == 1.0
-    assert report["macs_per_image"] == 236_095_488
-    assert "M multiply-accumulates per image; TFLite int8 at" in result.stdout
+    assert {row["macs_per_image"] for row in rows.values()} == {236_095_488}
+    assert "run: 236 M multiply-accumulates per image; TFLite int8 at" in result.stdout
     table = (tmp_path / "b.md").read_text()
     assert table.count("\n| ") == 8  # header + 7 rows
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "benchmarks.log").read_text().splitlines()) == 1
+
+
+def test_benchmark_compares_chosen_formats_across_runs(exported, real_data, tmp_path):
+    for name in ("seed", "other"):
+        shutil.copytree(exported, tmp_path / name)
+    test_dogs = tmp_path / "data" / "dogs"
+    test_dogs.mkdir(parents=True)
+    for photo in sorted((real_data / "test" / "dogs").iterdir())[:4]:
+        shutil.copy(photo, test_dogs)
+    result = run_script("export/benchmark.py", tmp_path / "seed", tmp_path / "other",
+                        "--formats", "tflite INT8", "--data", tmp_path / "data", "--threads", "1",
+                        "--repeat", "1", "--json", tmp_path / "b.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [(row["run"], row["format"]) for row in rows] == [("seed", "TFLite int8"),
+                                                             ("other", "TFLite int8")]
+    assert "| run | format |" in result.stdout and "| other | TFLite int8 | ok |" in result.stdout
+
+
+def test_benchmark_rejects_an_unknown_format(exported, tmp_path):
+    result = run_script("export/benchmark.py", exported, "--formats", "tflite int4",
+                        cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown format 'tflite int4'" in result.stderr and "Traceback" not in result.stderr

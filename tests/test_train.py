@@ -91,9 +91,10 @@ def test_ctrl_c_stops_cleanly_with_the_resume_command(real_data, tmp_path):
     assert json.loads((out / "state.json").read_text())["epoch"] >= 1
 
 
-def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp_path):
+@pytest.mark.parametrize("recipe", ["augmented", "plus"])
+def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp_path, recipe):
     out = tmp_path / "killed"
-    args = ["--data", real_data, "--recipe", "augmented", "--limit", "50", "--epochs", "3",
+    args = ["--data", real_data, "--recipe", recipe, "--limit", "50", "--epochs", "3",
             "--batch-size", "8", "--out", out]
     process = start_and_wait_for_first_epoch(args)
     os.kill(process.pid, signal.SIGKILL)
@@ -110,6 +111,10 @@ def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp
     assert len(history["loss"]) == 3
     assert history["loss"][: before["epoch"]] == before["history"]["loss"]
     assert (out / "model.keras").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"] == recipe
+    if recipe == "plus":  # the plus recipe's model, inside the edge budget
+        assert metrics["params"] < 1_000_000 and metrics["macs_per_image"] <= 250_000_000
 
 
 @pytest.mark.parametrize(
