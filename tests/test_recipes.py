@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from train.recipes import RECIPES
+from train.recipes import RECIPES, with_settings
 from train.trainer import AdamW, SparseCrossentropy, new_optimizer, new_training_model
 
 
@@ -57,3 +57,14 @@ def test_plus_training_model_updates_every_trainable_weight(classes):
     assert np.isfinite(loss) and int(model.optimizer.iterations) == 3
     after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
     assert all(not np.array_equal(b, a) for b, a in zip(before, after))
+
+
+def test_settings_change_one_field_and_are_reported():
+    recipe, settings = with_settings(RECIPES["plus"], ["label_smoothing=0", "augment=null",
+                                                       "optimizer=rmsprop"])
+    assert (recipe.label_smoothing, recipe.augment, recipe.optimizer) == (0, None, "rmsprop")
+    assert settings == {"label_smoothing": 0, "augment": None, "optimizer": "rmsprop"}
+    assert recipe.weight_decay == RECIPES["plus"].weight_decay
+    assert with_settings(RECIPES["plus"], [])[0] == RECIPES["plus"]
+    with pytest.raises(ValueError, match="augment takes null or a JSON object"):
+        with_settings(RECIPES["plus"], ["augment=7"])

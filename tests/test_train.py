@@ -123,6 +123,8 @@ def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp
         (["--data", "/nonexistent/photos"], "data folder not found"),
         (["--data", "{tmp}"], "split folder missing"),
         (["--epochs", "0"], "must be at least 1"),
+        (["--recipe", "plus", "--set", "momentum=0.9"], "expected KEY=VALUE with KEY one of"),
+        (["--recipe", "plus", "--set", "dropout=high"], "dropout takes a number"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_2(real_data, tmp_path, args, message):
@@ -151,3 +153,9 @@ def test_jax_backend_trains_the_same_model(real_data, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["backend"] == "jax" and metrics["params"] == 3_453_121
     assert len(json.loads((out / "history.json").read_text())["loss"]) == 2
+
+
+def test_help_lists_every_recipe():
+    result = run_script("train/run.py", "--help")
+    assert result.returncode == 0
+    assert all(name in result.stdout for name in ("baseline:", "augmented:", "plus:"))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
 
 # The seed's ImageDataGenerator settings (rotation and shear in degrees, shift and zoom as
 # fractions), and the gentler ones of the plus recipe.
@@ -50,3 +51,32 @@ RECIPES = {
         weight_decay=0.05, warmup_epochs=3, label_smoothing=0.1,
         summary="residual separable convnet + BN, AdamW, cosine, label smoothing"),
 }
+
+
+FIXED = {"name", "epochs", "batch_size", "summary"}  # names, or set by their own flags
+
+
+def with_settings(recipe: Recipe, settings: list[str]) -> tuple[Recipe, dict]:
+    """The recipe with KEY=VALUE settings applied (VALUE is JSON: 0.1, null, {"zoom": 0.3}).
+
+    Returns the new recipe and the parsed settings; raises ValueError with a one-line message.
+    """
+    names = [f.name for f in fields(Recipe) if f.name not in FIXED]
+    parsed = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or key not in names:
+            raise ValueError(f"--set {setting!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(names)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text  # a bare word such as adamw
+        current = getattr(recipe, key)
+        if isinstance(current, (int, float)) and not isinstance(value, (int, float)):
+            raise ValueError(f"--set {setting!r}: {key} takes a number")
+        if key == "augment" and not (value is None or isinstance(value, dict)):
+            raise ValueError(f"--set {setting!r}: augment takes null or a JSON object such "
+                             'as {"rotation": 15, "zoom": 0.2}')
+        parsed[key] = value
+    return replace(recipe, **parsed), parsed

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 from runtime.files import atomic_path, write_json  # noqa: E402
 from train.backend import import_keras  # noqa: E402
 from train.dataset import DataError, find_dataset, load_split  # noqa: E402
-from train.recipes import RECIPES  # noqa: E402
+from train.recipes import RECIPES, with_settings  # noqa: E402
 
 DEFAULT_DATA = Path("data/cats_and_dogs_small")
 PREPARE_COMMAND = "python train/prepare_data.py --download --out data/cats_and_dogs_small"
@@ -42,11 +42,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, metavar="DIR",
                         help=f"dataset folder (default: $EDGECONV_DATA, else {DEFAULT_DATA})")
     parser.add_argument("--recipe", choices=list(RECIPES), default="baseline",
-                        help="; ".join(f"{name}: {recipe.summary}"
+                        help="; ".join(f"{name}: {recipe.summary}".replace("%", "%%")
                                        for name, recipe in RECIPES.items())
                         + " (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
                         help="run folder to write")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        dest="settings", help="change one recipe setting, e.g. --set "
+                        "label_smoothing=0 --set augment=null (values are JSON; for ablations)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -62,6 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Keras output: 1 progress bar, 2 a line per epoch "
                         "(default: 1 on a terminal, else 2)")
     args = parser.parse_args(argv)
+    try:
+        args.recipe_definition, args.recipe_settings = with_settings(RECIPES[args.recipe],
+                                                                     args.settings)
+    except ValueError as error:
+        parser.error(str(error))
     for name in ("epochs", "batch_size", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -127,12 +135,13 @@ def train(args: argparse.Namespace) -> int:
     from train.model import INPUT_SHAPE, count_macs
     from train.report import confusion_matrix, environment, plot_curves, predict_labels
 
-    recipe = RECIPES[args.recipe]
+    recipe, settings = args.recipe_definition, args.recipe_settings
     precision = args.precision
     if precision == "auto":
         precision = previous["precision"] if previous else auto_precision()
     config = {
         "recipe": recipe.name,
+        "settings": settings or None,
         "epochs": args.epochs or recipe.epochs,
         "batch_size": args.batch_size or recipe.batch_size,
         "seed": args.seed,
@@ -190,6 +199,7 @@ def train(args: argparse.Namespace) -> int:
     samples = steps * config["batch_size"] * config["epochs"]
     metrics = {
         **config,
+        "recipe_definition": recipe.as_dict(),
         "params": final.count_params(),
         "macs_per_image": count_macs(final),
         "train_images": len(train_set[0]),
