@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from train.augment import RandomAffine
+from train.augment import RandomAffine, RandomErasing
 from train.model import build_model, build_plus_model, count_macs
 
 
@@ -109,3 +109,23 @@ def test_augmentation_survives_save_and_load(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert loaded.layers[0].get_config()["rotation"] == 10
+
+
+def test_random_erasing_replaces_one_box_per_image_in_training_only():
+    x = np.full((16, 40, 40, 3), 128.0, np.float32)
+    assert np.array_equal(np.asarray(RandomErasing(1.0, seed=0)(x, training=False)), x)
+    out = np.asarray(RandomErasing(1.0, seed=0)(x, training=True))
+    changed = (out != x).any(axis=-1)
+    fractions = changed.mean(axis=(1, 2))
+    assert (fractions > 0).all() and (fractions <= 0.26).all()
+    for mask in changed:  # one axis-aligned box: its bounding box is (nearly) all changed
+        rows, cols = np.nonzero(mask)
+        box = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.mean() > 0.95
+    assert out.min() >= 0 and out.max() <= 255
+
+
+def test_random_erasing_rate_is_the_share_of_images_erased():
+    x = np.zeros((400, 8, 8, 3), np.float32)
+    out = np.asarray(RandomErasing(0.25, seed=1)(x, training=True))
+    assert 0.15 < (out != 0).any(axis=(1, 2, 3)).mean() < 0.35

@@ -85,3 +85,49 @@ class RandomAffine(keras.layers.Layer):
             "fill_mode": self.fill_mode,
             "seed": self.seed,
         }
+
+
+@keras.saving.register_keras_serializable(package="edgeconv")
+class RandomErasing(keras.layers.Layer):
+    """Random erasing (Zhong et al., 2017): with probability `rate`, replace one rectangle of
+    2-25% of the image, aspect ratio 0.3-3.3, with random pixel values. Labels stay exact,
+    unlike mixing methods. Active only in training.
+    """
+
+    def __init__(self, rate: float = 0.5, seed: int | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.rate, self.seed = rate, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        images = ops.cast(images, self.compute_dtype)
+        if not training or not self.rate:
+            return images
+        shape = ops.shape(images)
+        batch = shape[0]
+        height, width = ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
+
+        def uniform(low, high):
+            return keras.random.uniform((batch,), low, high, seed=self.seed_generator)
+
+        area = uniform(0.02, 0.25) * height * width
+        aspect = ops.exp(uniform(math.log(0.3), math.log(1 / 0.3)))
+        half_h = ops.minimum(ops.sqrt(area * aspect), height) / 2
+        half_w = ops.minimum(ops.sqrt(area / aspect), width) / 2
+        centre_y = uniform(0.0, 1.0) * height
+        centre_x = uniform(0.0, 1.0) * width
+        erase = uniform(0.0, 1.0) < self.rate
+        rows = ops.arange(shape[1], dtype="float32")[None, :, None]
+        cols = ops.arange(shape[2], dtype="float32")[None, None, :]
+        inside = ((ops.abs(rows + 0.5 - centre_y[:, None, None]) <= half_h[:, None, None])
+                  & (ops.abs(cols + 0.5 - centre_x[:, None, None]) <= half_w[:, None, None])
+                  & erase[:, None, None])
+        noise = keras.random.uniform(shape, 0.0, 255.0, seed=self.seed_generator)
+        return ops.where(inside[..., None], noise, images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return super().get_config() | {"rate": self.rate, "seed": self.seed}

@@ -25,6 +25,7 @@ class Recipe:
     weight_decay: float = 0.0  # adamw only
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    erasing: float = 0.0  # probability of random erasing per training image
     summary: str = field(default="", compare=False)
 
     def steps_per_epoch(self, train_images: int, batch_size: int | None = None) -> int:

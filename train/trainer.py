@@ -10,7 +10,7 @@ import numpy as np
 from keras import ops
 
 from runtime.files import atomic_path, write_json
-from train.augment import RandomAffine
+from train.augment import RandomAffine, RandomErasing
 from train.model import ARCHITECTURES
 from train.recipes import Recipe
 
@@ -119,6 +119,8 @@ def new_training_model(recipe: Recipe, num_classes: int, precision: str, seed: i
     layers = [keras.Input(shape=input_shape)]
     if recipe.augment is not None:
         layers.append(RandomAffine(**recipe.augment, seed=seed, name="augment"))
+    if recipe.erasing:
+        layers.append(RandomErasing(recipe.erasing, seed=seed + 1, name="erase"))
     build = ARCHITECTURES[recipe.architecture]
     layers.append(build(num_classes, recipe.dropout, input_shape, dtype=dtype))
     model = keras.Sequential(layers, name=f"train_{recipe.name}")
@@ -169,5 +171,5 @@ def inference_model(trained: keras.Model, recipe: Recipe, num_classes: int,
     """The recipe's convnet alone, in float32, carrying the trained weights (no augmentation)."""
     build = ARCHITECTURES[recipe.architecture]
     model = build(num_classes, recipe.dropout, input_shape, dtype="float32")
-    model.set_weights(trained.layers[-1].get_weights())
+    model.set_weights(trained.layers[-1].get_weights())  # the convnet follows augmentation
     return model
