@@ -30,3 +30,11 @@ def test_reproduce_writes_results_and_skips_finished_runs(real_data, tmp_path):
     again = run_script(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "== " not in again.stdout  # every run was already finished: nothing retrained
+
+    report_only = run_script(*[a if a != "baseline,augmented" else "baseline,augmented,plus"
+                               for a in args], "--no-train")
+    assert report_only.returncode == 0, report_only.stderr[-3000:]
+    assert "-- plus, seed 0: not finished, left out" in report_only.stdout
+    assert "== " not in report_only.stdout
+    assert list(json.loads((docs / "results.json").read_text())["recipes"]) == ["baseline",
+                                                                                "augmented"]

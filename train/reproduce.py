@@ -28,12 +28,15 @@ from train.recipes import RECIPES  # noqa: E402
 
 
 def train_all(data: Path, out: Path, recipes: list[str], seeds: list[int],
-              extra: list[str]) -> dict[str, list]:
-    """recipe -> [metrics of each seed's finished run]."""
+              extra: list[str], train: bool = True) -> dict[str, list]:
+    """recipe -> [metrics of each seed's finished run]; train=False only collects them."""
     finished: dict[str, list] = {}
     for recipe in recipes:
         for seed in seeds:
             run_dir = out / f"{recipe}-seed{seed}"
+            if not (run_dir / "metrics.json").exists() and not train:
+                print(f"-- {recipe}, seed {seed}: not finished, left out", flush=True)
+                continue
             if not (run_dir / "metrics.json").exists():
                 print(f"== {recipe}, seed {seed} -> {run_dir}", flush=True)
                 code = train_run.main(["--data", str(data), "--recipe", recipe, "--seed",
@@ -164,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                         "checks)")
     parser.add_argument("--limit", type=int, help="at most N images per class per split "
                         "(quick checks)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="train nothing: report the runs already finished")
     args = parser.parse_args(argv)
     recipes = args.recipes.split(",")
     unknown = sorted(set(recipes) - set(RECIPES))
@@ -182,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--epochs", args.epochs), ("--limit", args.limit)):
         if value is not None:
             extra += [flag, str(value)]
-    finished = train_all(data, args.out, recipes, seeds, extra)
+    finished = train_all(data, args.out, recipes, seeds, extra, train=not args.no_train)
+    if not finished:
+        print(f"error: no finished runs in {args.out}", file=sys.stderr)
+        return 2
     exported = {}
     for recipe, runs in finished.items():
         if RECIPES[recipe].augment is None:
