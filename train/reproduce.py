@@ -111,6 +111,14 @@ def curves_figure(finished: dict[str, list], path: Path) -> None:
     save_figure(figure, path)
 
 
+def spread_text(stats: dict, spec: str) -> str:
+    """'mean (min-max)', or the one value."""
+    if stats["n"] == 1:
+        return format(stats["mean"], spec)
+    return (f"{format(stats['mean'], spec)} ({format(stats['min'], spec)}-"
+            f"{format(stats['max'], spec)})")
+
+
 def write_markdown(path: Path, summary: dict, exported: dict[str, dict], command: str,
                    figure: Path) -> None:
     def pct(stats):
@@ -125,13 +133,14 @@ def write_markdown(path: Path, summary: dict, exported: dict[str, dict], command
              "images/s | precision |", "|---|---:|---:|---:|---:|---:|---|"]
     for recipe, s in summary.items():
         lines.append(f"| {recipe} | {s['epochs']} | {pct(s['val_accuracy'])} | "
-                     f"{pct(s['test_accuracy'])} | {s['train_minutes']['mean']:.1f} | "
-                     f"{s['images_per_second']['mean']:.0f} | {s['precision']} |")
+                     f"{pct(s['test_accuracy'])} | {spread_text(s['train_minutes'], '.1f')} | "
+                     f"{spread_text(s['images_per_second'], '.0f')} | {s['precision']} |")
     first = next(iter(summary.values()))
     lines += ["", f"Backend {first['backend']}, Keras {first['keras']}, on {first['hardware']}. "
               "Accuracy is the final epoch's model (no early stopping); test is read once per "
-              "finished run. Images/s counts training images over the whole fit, validation "
-              "included.", "", f"![training curves]({figure.name})", ""]
+              "finished run. Train minutes and images/s: mean (min-max over runs); images/s "
+              "counts training images over the whole fit, validation included.", "",
+              f"![training curves]({figure.name})", ""]
     for recipe, export in exported.items():
         lines += [f"## What survives int8 quantization: {recipe} ({export['run']})", "",
                   "End to end from the test JPEGs: Keras through the training pipeline, each "
