@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from train.augment import RandomAffine, RandomErasing
-from train.model import build_model, build_plus_model, count_macs
+from train.model import ARCHITECTURES, build_model, build_plus_model, count_macs
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
@@ -129,3 +129,19 @@ def test_random_erasing_rate_is_the_share_of_images_erased():
     x = np.zeros((400, 8, 8, 3), np.float32)
     out = np.asarray(RandomErasing(0.25, seed=1)(x, training=True))
     assert 0.15 < (out != 0).any(axis=(1, 2, 3)).mean() < 0.35
+
+
+@pytest.mark.parametrize("name, unfoldable", [("plus", 5), ("plus-foldable", 0)])
+def test_batchnorms_that_cannot_fold_into_a_convolution(name, unfoldable):
+    model = ARCHITECTURES[name]()
+    convolutions = (keras.layers.Conv2D, keras.layers.SeparableConv2D)
+    norms = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    def folds(norm):  # into the convolution before it, if nothing else reads its output
+        source = norm.input._keras_history.operation
+        return isinstance(source, convolutions) and len(source._outbound_nodes) == 1
+
+    # pre-activation: the stem (also read by a shortcut) and the four after a residual Add;
+    # these five are the MUL + ADD pairs in the int8 TFLite file
+    assert sum(not folds(norm) for norm in norms) == unfoldable
+    assert count_macs(model) <= 250_000_000

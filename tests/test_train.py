@@ -96,6 +96,8 @@ def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp
     out = tmp_path / "killed"
     args = ["--data", real_data, "--recipe", recipe, "--limit", "50", "--epochs", "3",
             "--batch-size", "8", "--out", out]
+    if recipe == "plus":
+        args += ["--set", "label_smoothing=0.2"]
     process = start_and_wait_for_first_epoch(args)
     os.kill(process.pid, signal.SIGKILL)
     process.communicate()
@@ -104,7 +106,7 @@ def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp
     assert before["epoch"] in (1, 2) and (out / before["checkpoint"]).exists()
     assert not (out / "model.keras").exists()
 
-    resumed = run_script("train/run.py", *args, "--resume")
+    resumed = run_script("train/run.py", "--out", out, "--resume")  # the run's own settings
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming {out} at epoch {before['epoch'] + 1} of 3" in resumed.stdout
     history = json.loads((out / "history.json").read_text())
@@ -113,7 +115,9 @@ def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp
     assert (out / "model.keras").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recipe"] == recipe
-    if recipe == "plus":  # the plus recipe's model, inside the edge budget
+    if recipe == "plus":  # its --set survived the resume; its model is inside the budget
+        assert metrics["settings"] == {"label_smoothing": 0.2}
+        assert metrics["recipe_definition"]["label_smoothing"] == 0.2
         assert metrics["params"] < 1_000_000 and metrics["macs_per_image"] <= 250_000_000
 
 

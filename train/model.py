@@ -11,6 +11,8 @@ so every consumer feeds what runtime.preprocess.load_image returns.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 
 INPUT_SHAPE = (150, 150, 3)
@@ -50,39 +52,64 @@ def build_plus_model(
     input_shape: tuple[int, int, int] = INPUT_SHAPE,
     dtype: str = "float32",
     widths: tuple[int, ...] = PLUS_WIDTHS,
+    foldable: bool = False,
 ) -> keras.Model:
     """A residual separable convnet with batch normalization, in the seed's budget.
 
     A strided 3x3 stem halves the resolution first: the seed spends most of its MACs at
     full resolution, this network spends them on more channels deeper down. Each stage is
-    two (BN, ReLU, separable 3x3) blocks and a 3x3/2 max-pool, with a strided 1x1 projection
-    as its shortcut; global average pooling replaces Flatten + Dense 512.
+    two separable 3x3 convolutions and a 3x3/2 max-pool, with a strided 1x1 projection as
+    its shortcut; global average pooling replaces Flatten + Dense 512.
+
+    foldable=False orders each block BN-ReLU-conv (pre-activation): five BatchNorms then
+    follow a residual Add and run as separate int8 ops after export. foldable=True orders it
+    conv-BN-ReLU, as Xception does: every BatchNorm follows a convolution and folds into it.
     """
     if num_classes < 2:
         raise ValueError("a classifier needs at least two classes")
     L = keras.layers
+
+    def norm(x):
+        return L.BatchNormalization(momentum=BN_MOMENTUM, dtype=dtype)(x)
+
+    def relu(x):
+        return L.Activation("relu", dtype=dtype)(x)
+
+    def separable(x, width):
+        return L.SeparableConv2D(width, 3, padding="same", use_bias=False, dtype=dtype)(x)
+
     inputs = keras.Input(shape=input_shape)
     x = L.Rescaling(1.0 / 255, dtype=dtype)(inputs)
     x = L.Conv2D(widths[0] // 2, 3, strides=2, padding="same", use_bias=False, dtype=dtype)(x)
+    if foldable:
+        x = relu(norm(x))
     for width in widths:
         shortcut = x
-        for _ in range(2):
-            x = L.BatchNormalization(momentum=BN_MOMENTUM, dtype=dtype)(x)
-            x = L.Activation("relu", dtype=dtype)(x)
-            x = L.SeparableConv2D(width, 3, padding="same", use_bias=False, dtype=dtype)(x)
+        if foldable:
+            x = norm(separable(relu(norm(separable(x, width))), width))
+        else:
+            x = separable(relu(norm(separable(relu(norm(x)), width))), width)
         x = L.MaxPooling2D(3, strides=2, padding="same", dtype=dtype)(x)
         shortcut = L.Conv2D(width, 1, strides=2, padding="same", use_bias=False,
                             dtype=dtype)(shortcut)
+        if foldable:
+            shortcut = norm(shortcut)
         x = L.Add(dtype=dtype)([x, shortcut])
-    x = L.BatchNormalization(momentum=BN_MOMENTUM, dtype=dtype)(x)
-    x = L.Activation("relu", dtype=dtype)(x)
+        if foldable:
+            x = relu(x)
+    if not foldable:
+        x = relu(norm(x))
     x = L.GlobalAveragePooling2D(dtype=dtype)(x)
     if dropout:
         x = L.Dropout(dropout, dtype=dtype)(x)
     return keras.Model(inputs, _head(num_classes)(x), name="plus_convnet")
 
 
-ARCHITECTURES = {"seed": build_model, "plus": build_plus_model}
+ARCHITECTURES = {
+    "seed": build_model,
+    "plus": build_plus_model,
+    "plus-foldable": functools.partial(build_plus_model, foldable=True),
+}
 
 
 def _head(num_classes: int) -> keras.layers.Dense:

@@ -41,10 +41,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--data", type=Path, metavar="DIR",
                         help=f"dataset folder (default: $EDGECONV_DATA, else {DEFAULT_DATA})")
-    parser.add_argument("--recipe", choices=list(RECIPES), default="baseline",
+    parser.add_argument("--recipe", choices=list(RECIPES),
                         help="; ".join(f"{name}: {recipe.summary}".replace("%", "%%")
                                        for name, recipe in RECIPES.items())
-                        + " (default: %(default)s)")
+                        + " (default: baseline; with --resume: the run's own)")
     parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
                         help="run folder to write")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "label_smoothing=0 --set augment=null (values are JSON; for ablations)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=int, help="random seed (default: 0)")
     parser.add_argument("--limit", type=int, help="at most N images per class per split "
                         "(quick runs)")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
@@ -60,14 +60,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "it natively (AVX512-BF16/AMX CPUs, GPUs), else float32. The saved "
                         "model is float32 either way.")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last completed epoch")
+                        help="continue the run in --out from its last completed epoch, with "
+                        "the data, recipe, settings, seed and epochs it was started with")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2],
                         help="Keras output: 1 progress bar, 2 a line per epoch "
                         "(default: 1 on a terminal, else 2)")
     args = parser.parse_args(argv)
-    try:
-        args.recipe_definition, args.recipe_settings = with_settings(RECIPES[args.recipe],
-                                                                     args.settings)
+    try:  # settings are checked now; a resumed run re-applies its own in train()
+        with_settings(RECIPES[args.recipe or "baseline"], args.settings)
     except ValueError as error:
         parser.error(str(error))
     for name in ("epochs", "batch_size", "limit"):
@@ -124,9 +124,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    previous = previous_run(args.out, args.resume)
+    if previous:  # --resume alone continues the run as it was started
+        args.recipe = args.recipe or previous["recipe"]
+        args.settings = args.settings or [f"{key}={json.dumps(value)}" for key, value
+                                          in (previous.get("settings") or {}).items()]
+        for name in ("seed", "limit", "epochs", "batch_size"):
+            if getattr(args, name) is None:
+                setattr(args, name, previous.get(name))
+        args.data = args.data or Path(previous["data"])
+    args.recipe = args.recipe or "baseline"
+    args.seed = args.seed if args.seed is not None else 0
+    recipe, settings = with_settings(RECIPES[args.recipe], args.settings)
     data = resolve_data(args.data)
     dataset = find_dataset(data, limit=args.limit)
-    previous = previous_run(args.out, args.resume)
 
     keras = import_keras()
 
@@ -135,7 +146,6 @@ def train(args: argparse.Namespace) -> int:
     from train.model import INPUT_SHAPE, count_macs
     from train.report import confusion_matrix, environment, plot_curves, predict_labels
 
-    recipe, settings = args.recipe_definition, args.recipe_settings
     precision = args.precision
     if precision == "auto":
         precision = previous["precision"] if previous else auto_precision()
@@ -184,8 +194,7 @@ def train(args: argparse.Namespace) -> int:
                     config["batch_size"], args.seed, verbose=verbose)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {state['epoch']} of {config['epochs']} epochs are saved in {out};"
-              f" continue with: python train/run.py --data {data} --recipe {recipe.name} "
-              f"--out {out} --resume", file=sys.stderr)
+              f" continue with: python train/run.py --out {out} --resume", file=sys.stderr)
         return 130
 
     started = time.monotonic()
