@@ -61,8 +61,7 @@ def test_separable_macs_are_depthwise_plus_pointwise():
 
 def test_plus_model_accepts_any_input_size():
     model = build_plus_model(input_shape=(96, 128, 3))
-    assert model.predict(images(2, 96)[:, :, :96].repeat(2, axis=2)[:, :, :128],
-                         verbose=0).shape == (2, 1)
+    assert model.predict(np.zeros((2, 96, 128, 3), np.float32), verbose=0).shape == (2, 1)
 
 
 def test_mixed_precision_keeps_a_float32_head():

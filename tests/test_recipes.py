@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from train.recipes import RECIPES, with_settings
+from train.recipes import RECIPES, parse_settings, with_settings
 from train.trainer import AdamW, SparseCrossentropy, new_optimizer, new_training_model
 
 
@@ -60,11 +60,13 @@ def test_plus_training_model_updates_every_trainable_weight(classes):
 
 
 def test_settings_change_one_field_and_are_reported():
-    recipe, settings = with_settings(RECIPES["plus"], ["label_smoothing=0", "augment=null",
-                                                       "optimizer=rmsprop"])
-    assert (recipe.label_smoothing, recipe.augment, recipe.optimizer) == (0, None, "rmsprop")
+    settings = parse_settings(["label_smoothing=0", "augment=null", "optimizer=rmsprop"])
     assert settings == {"label_smoothing": 0, "augment": None, "optimizer": "rmsprop"}
+    recipe = with_settings(RECIPES["plus"], settings)
+    assert (recipe.label_smoothing, recipe.augment, recipe.optimizer) == (0, None, "rmsprop")
     assert recipe.weight_decay == RECIPES["plus"].weight_decay
-    assert with_settings(RECIPES["plus"], [])[0] == RECIPES["plus"]
+    assert with_settings(RECIPES["plus"], {}) == RECIPES["plus"]
     with pytest.raises(ValueError, match="augment takes null or a JSON object"):
-        with_settings(RECIPES["plus"], ["augment=7"])
+        with_settings(RECIPES["plus"], parse_settings(["augment=7"]))
+    with pytest.raises(ValueError, match="optimizer is one of rmsprop, adamw"):
+        with_settings(RECIPES["plus"], parse_settings(["optimizer=sgd"]))

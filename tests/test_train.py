@@ -163,3 +163,15 @@ def test_help_lists_every_recipe():
     result = run_script("train/run.py", "--help")
     assert result.returncode == 0
     assert all(name in result.stdout for name in ("baseline:", "augmented:", "plus:"))
+
+
+def test_training_throughput_benchmark_runs_every_pipeline(real_data, tmp_path):
+    result = run_script("train/benchmark.py", "--data", real_data, "--steps", "2",
+                        "--repeats", "1", "--json", tmp_path / "throughput.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "throughput.json").read_text())["rows"]
+    assert [(row["pipeline"], row["precision"]) for row in rows] == [
+        ("generator", "float32"), ("generator", "bfloat16"),
+        ("edgeconv", "float32"), ("edgeconv", "bfloat16")]
+    assert all(row["images_per_second"] > 0 for row in rows)
+    assert rows[0]["ratio"] == 1.0

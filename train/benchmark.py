@@ -70,11 +70,12 @@ def pipelines(data: Path, arrays, steps: int) -> dict[tuple[str, str], tuple]:
                                 ("edgeconv", "float32"), ("edgeconv", "bfloat16")):
         recipe = RECIPES["augmented"]
         if pipeline == "generator":  # it augments on the CPU: no augmentation layer
-            recipe = dataclasses.replace(recipe, augment=False)
+            recipe = dataclasses.replace(recipe, augment=None)
             source = book_generator(data)
         else:
             source = BatchStream(*arrays, batch_size=BATCH, steps=steps, seed=0)
-        model = new_training_model(recipe, 2, precision, seed=0, input_shape=INPUT_SHAPE)
+        model = new_training_model(recipe, 2, precision, seed=0, input_shape=INPUT_SHAPE,
+                                   steps_per_epoch=steps, epochs=1)
         built[pipeline, precision] = (model, source)
     return built
 

@@ -62,7 +62,8 @@ def build_plus_model(
     its shortcut; global average pooling replaces Flatten + Dense 512.
 
     foldable=False orders each block BN-ReLU-conv (pre-activation): five BatchNorms then
-    follow a residual Add and run as separate int8 ops after export. foldable=True orders it
+    read a tensor that is not a convolution's alone (the stem's, also read by the first
+    shortcut, or a residual sum) and run as separate int8 ops after export. foldable=True orders it
     conv-BN-ReLU, as Xception does: every BatchNorm follows a convolution and folds into it.
     """
     if num_classes < 2:

@@ -55,29 +55,36 @@ RECIPES = {
 
 
 FIXED = {"name", "epochs", "batch_size", "summary"}  # names, or set by their own flags
+OPTIMIZERS = ("rmsprop", "adamw")
 
 
-def with_settings(recipe: Recipe, settings: list[str]) -> tuple[Recipe, dict]:
-    """The recipe with KEY=VALUE settings applied (VALUE is JSON: 0.1, null, {"zoom": 0.3}).
-
-    Returns the new recipe and the parsed settings; raises ValueError with a one-line message.
-    """
-    names = [f.name for f in fields(Recipe) if f.name not in FIXED]
+def parse_settings(settings: list[str]) -> dict:
+    """KEY=VALUE strings as a dict; VALUE is JSON (0.1, null, {"zoom": 0.3}) or a bare word."""
     parsed = {}
     for setting in settings:
         key, sep, text = setting.partition("=")
-        if not sep or key not in names:
-            raise ValueError(f"--set {setting!r}: expected KEY=VALUE with KEY one of "
-                             f"{', '.join(names)}")
+        if not sep:
+            raise ValueError(f"--set {setting!r}: expected KEY=VALUE")
         try:
-            value = json.loads(text)
+            parsed[key] = json.loads(text)
         except json.JSONDecodeError:
-            value = text  # a bare word such as adamw
+            parsed[key] = text  # a bare word such as adamw
+    return parsed
+
+
+def with_settings(recipe: Recipe, settings: dict) -> Recipe:
+    """The recipe with `settings` applied; raises ValueError with a one-line message."""
+    names = [f.name for f in fields(Recipe) if f.name not in FIXED]
+    for key, value in settings.items():
+        shown = f"--set {key}={json.dumps(value)}"
+        if key not in names:
+            raise ValueError(f"{shown}: expected KEY=VALUE with KEY one of {', '.join(names)}")
         current = getattr(recipe, key)
         if isinstance(current, (int, float)) and not isinstance(value, (int, float)):
-            raise ValueError(f"--set {setting!r}: {key} takes a number")
+            raise ValueError(f"{shown}: {key} takes a number")
         if key == "augment" and not (value is None or isinstance(value, dict)):
-            raise ValueError(f"--set {setting!r}: augment takes null or a JSON object such "
-                             'as {"rotation": 15, "zoom": 0.2}')
-        parsed[key] = value
-    return replace(recipe, **parsed), parsed
+            raise ValueError(f"{shown}: augment takes null or a JSON object such as "
+                             '{"rotation": 15, "zoom": 0.2}')
+        if key == "optimizer" and value not in OPTIMIZERS:
+            raise ValueError(f"{shown}: optimizer is one of {', '.join(OPTIMIZERS)}")
+    return replace(recipe, **settings)

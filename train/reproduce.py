@@ -34,10 +34,11 @@ def train_all(data: Path, out: Path, recipes: list[str], seeds: list[int],
     for recipe in recipes:
         for seed in seeds:
             run_dir = out / f"{recipe}-seed{seed}"
-            if not (run_dir / "metrics.json").exists() and not train:
+            done = (run_dir / "metrics.json").exists()
+            if not done and not train:
                 print(f"-- {recipe}, seed {seed}: not finished, left out", flush=True)
                 continue
-            if not (run_dir / "metrics.json").exists():
+            if not done:
                 print(f"== {recipe}, seed {seed} -> {run_dir}", flush=True)
                 code = train_run.main(["--data", str(data), "--recipe", recipe, "--seed",
                                        str(seed), "--out", str(run_dir), "--resume", *extra])

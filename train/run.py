@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 from runtime.files import atomic_path, write_json  # noqa: E402
 from train.backend import import_keras  # noqa: E402
 from train.dataset import DataError, find_dataset, load_split  # noqa: E402
-from train.recipes import RECIPES, with_settings  # noqa: E402
+from train.recipes import RECIPES, parse_settings, with_settings  # noqa: E402
 
 DEFAULT_DATA = Path("data/cats_and_dogs_small")
 PREPARE_COMMAND = "python train/prepare_data.py --download --out data/cats_and_dogs_small"
@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Keras output: 1 progress bar, 2 a line per epoch "
                         "(default: 1 on a terminal, else 2)")
     args = parser.parse_args(argv)
-    try:  # settings are checked now; a resumed run re-applies its own in train()
+    try:  # checked here for a one-line usage error; a resumed run applies its own
+        args.settings = parse_settings(args.settings)
         with_settings(RECIPES[args.recipe or "baseline"], args.settings)
     except ValueError as error:
         parser.error(str(error))
@@ -127,15 +128,14 @@ def train(args: argparse.Namespace) -> int:
     previous = previous_run(args.out, args.resume)
     if previous:  # --resume alone continues the run as it was started
         args.recipe = args.recipe or previous["recipe"]
-        args.settings = args.settings or [f"{key}={json.dumps(value)}" for key, value
-                                          in (previous.get("settings") or {}).items()]
+        args.settings = args.settings or previous.get("settings") or {}
         for name in ("seed", "limit", "epochs", "batch_size"):
             if getattr(args, name) is None:
                 setattr(args, name, previous.get(name))
         args.data = args.data or Path(previous["data"])
     args.recipe = args.recipe or "baseline"
     args.seed = args.seed if args.seed is not None else 0
-    recipe, settings = with_settings(RECIPES[args.recipe], args.settings)
+    recipe = with_settings(RECIPES[args.recipe], args.settings)
     data = resolve_data(args.data)
     dataset = find_dataset(data, limit=args.limit)
 
@@ -151,7 +151,7 @@ def train(args: argparse.Namespace) -> int:
         precision = previous["precision"] if previous else auto_precision()
     config = {
         "recipe": recipe.name,
-        "settings": settings or None,
+        "settings": args.settings or None,
         "epochs": args.epochs or recipe.epochs,
         "batch_size": args.batch_size or recipe.batch_size,
         "seed": args.seed,
@@ -174,6 +174,7 @@ def train(args: argparse.Namespace) -> int:
     print(f"data {data}: classes {dataset.classes}, images per class {counts}")
     train_set = load_split(dataset, "train")
     validation_set = load_split(dataset, "validation")
+    steps = recipe.steps_per_epoch(len(train_set[0]), config["batch_size"])
 
     state_file = out / trainer.STATE_FILE
     state = json.loads(state_file.read_text()) if previous and state_file.exists() else None
@@ -182,7 +183,6 @@ def train(args: argparse.Namespace) -> int:
         print(f"resuming {out} at epoch {state['epoch'] + 1} of {config['epochs']}")
     else:
         state = {"epoch": 0, "checkpoint": None, "history": {}, "train_seconds": 0.0}
-        steps = recipe.steps_per_epoch(len(train_set[0]), config["batch_size"])
         model = trainer.new_training_model(recipe, len(dataset.classes), precision, args.seed,
                                            INPUT_SHAPE, steps, config["epochs"])
     keras.utils.set_random_seed(args.seed + state["epoch"])
@@ -204,7 +204,6 @@ def train(args: argparse.Namespace) -> int:
     test_set = load_split(dataset, "test")
     validation_labels, _ = predict_labels(final, validation_set[0])
     test_labels, _ = predict_labels(final, test_set[0])
-    steps = recipe.steps_per_epoch(len(train_set[0]), config["batch_size"])
     samples = steps * config["batch_size"] * config["epochs"]
     metrics = {
         **config,
