@@ -50,6 +50,13 @@ class Source:
         return self._model
 
     @property
+    def convertible_model(self):
+        """The model as converters get it: standalone BatchNorms as depthwise convolutions."""
+        from export.batchnorm import as_depthwise
+
+        return as_depthwise(self.model)
+
+    @property
     def labels(self) -> list[str]:
         if self.run.get("classes"):
             return list(self.run["classes"])

@@ -35,7 +35,7 @@ def float_onnx(source: Source, path: Path, opset: int | None) -> None:
     """Keras's own exporter (tf2onnx's from_keras fails on Keras 3 models)."""
     import numpy as np
 
-    model = source.model
+    model = source.convertible_model
     model(np.zeros((1, *source.input_size, 3), np.float32))  # "never called" otherwise
     try:
         with native_stderr_silenced(python_stdout=True), warnings.catch_warnings():

@@ -38,7 +38,7 @@ def convert(source: Source, quantize: str, io_type: str, calibration: Path | Non
     import numpy as np
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(source.model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(source.convertible_model)
     described = None
     if quantize in ("float16", "dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
