@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from train.recipes import RECIPES, parse_settings, with_settings
+from train.model import ARCHITECTURES
+from train.recipes import ARCHITECTURE_NAMES, RECIPES, parse_settings, with_settings
 from train.trainer import AdamW, SparseCrossentropy, new_optimizer, new_training_model
 
 
@@ -70,3 +71,6 @@ def test_settings_change_one_field_and_are_reported():
         with_settings(RECIPES["plus"], parse_settings(["augment=7"]))
     with pytest.raises(ValueError, match="optimizer is one of rmsprop, adamw"):
         with_settings(RECIPES["plus"], parse_settings(["optimizer=sgd"]))
+    with pytest.raises(ValueError, match="architecture is one of seed, plus, plus-foldable"):
+        with_settings(RECIPES["plus"], parse_settings(["architecture=resnet"]))
+    assert set(ARCHITECTURE_NAMES) == set(ARCHITECTURES)

@@ -19,7 +19,7 @@ class Recipe:
     batch_size: int
     epochs: int
     passes_per_epoch: float  # training-set passes per epoch: steps = passes * images / batch
-    architecture: str = "seed"  # a key of train.model.ARCHITECTURES
+    architecture: str = "seed"  # one of ARCHITECTURE_NAMES
     optimizer: str = "rmsprop"  # rmsprop at a constant rate, as in the seed; or adamw
     learning_rate: float = 1e-4  # adamw: the peak, reached after warmup, then cosine to 0
     weight_decay: float = 0.0  # adamw only
@@ -56,6 +56,9 @@ RECIPES = {
 
 FIXED = {"name", "epochs", "batch_size", "summary"}  # names, or set by their own flags
 OPTIMIZERS = ("rmsprop", "adamw")
+# The keys of train.model.ARCHITECTURES (a test keeps them equal), named here so that a bad
+# --set is refused before Keras starts.
+ARCHITECTURE_NAMES = ("seed", "plus", "plus-foldable")
 
 
 def parse_settings(settings: list[str]) -> dict:
@@ -87,4 +90,6 @@ def with_settings(recipe: Recipe, settings: dict) -> Recipe:
                              '{"rotation": 15, "zoom": 0.2}')
         if key == "optimizer" and value not in OPTIMIZERS:
             raise ValueError(f"{shown}: optimizer is one of {', '.join(OPTIMIZERS)}")
+        if key == "architecture" and value not in ARCHITECTURE_NAMES:
+            raise ValueError(f"{shown}: architecture is one of {', '.join(ARCHITECTURE_NAMES)}")
     return replace(recipe, **settings)
