@@ -49,8 +49,9 @@ RECIPES = {
     "plus": Recipe(
         "plus", dropout=0.3, augment=PLUS_AUGMENTATION, batch_size=32, epochs=120,
         passes_per_epoch=1.0, architecture="plus", optimizer="adamw", learning_rate=2e-3,
-        weight_decay=0.05, warmup_epochs=3, label_smoothing=0.1,
-        summary="residual separable convnet + BN, AdamW, cosine, label smoothing"),
+        weight_decay=0.05, warmup_epochs=3, label_smoothing=0.1, erasing=0.5,
+        summary="residual separable convnet + BN, AdamW, cosine, label smoothing, "
+        "random erasing"),
 }
 
 
