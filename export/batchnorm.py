@@ -35,7 +35,7 @@ def as_depthwise(model):
 
     keras = import_keras()
     replaced = {layer.name for layer in standalone_batchnorms(model)
-                if len(layer.input.shape) == 4 and layer.axis in (-1, 3, [3], [-1])}
+                if len(layer.input.shape) == 4 and layer.axis in (-1, 3)}
     if not replaced:
         return model
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -49,7 +50,7 @@ class Source:
                 raise ExportError(f"{self.path}: not a Keras model ({reason})") from None
         return self._model
 
-    @property
+    @functools.cached_property
     def convertible_model(self):
         """The model as converters get it: standalone BatchNorms as depthwise convolutions."""
         from export.batchnorm import as_depthwise

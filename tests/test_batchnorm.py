@@ -44,7 +44,7 @@ def test_a_model_without_standalone_batchnorms_is_returned_as_it_is():
     assert as_depthwise(model) is model
 
 
-def test_int8_tflite_has_no_mul_ops_left(tmp_path):
+def test_int8_tflite_has_no_mul_ops_left():
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
