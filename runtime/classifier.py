@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from runtime.engines import open_engine
 from runtime.metadata import read_metadata
-from runtime.preprocess import ImageSource, load_image
+from runtime.preprocess import ImageError, ImageSource, load_image
+
+_END = object()
 
 
 @dataclass
@@ -52,6 +56,47 @@ class Classifier:
         outputs = self.probabilities(images)
         ms = (time.perf_counter() - started) * 1000 / len(images)
         return [self.decide(output, ms) for output in outputs]
+
+    def predict_each(self, sources: Iterable[ImageSource], ahead: int = 4
+                     ) -> Iterator[tuple[ImageSource, Prediction | ImageError]]:
+        """Predict sources one by one, in order: (source, Prediction) or (source, ImageError).
+
+        A background thread decodes up to `ahead` images while the engine runs on the current
+        one (Pillow and the engines release the GIL, so the two overlap). `sources` is read
+        lazily, so a long stream of paths never sits in memory as decoded images.
+        A Prediction's `ms` is its own decode plus inference time.
+        """
+        sources = iter(sources)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+            pending: deque[tuple[ImageSource, Future]] = deque()
+
+            def read_ahead() -> None:
+                while len(pending) < ahead + 1:
+                    source = next(sources, _END)
+                    if source is _END:
+                        return
+                    pending.append((source, pool.submit(self._timed_load, source)))
+
+            read_ahead()
+            while pending:
+                source, loading = pending.popleft()
+                read_ahead()
+                image, decode_seconds = loading.result()
+                if isinstance(image, ImageError):
+                    yield source, image
+                    continue
+                started = time.perf_counter()
+                output = self.probabilities(image[None])[0]
+                seconds = decode_seconds + time.perf_counter() - started
+                yield source, self.decide(output, seconds * 1000)
+
+    def _timed_load(self, source: ImageSource) -> tuple[np.ndarray | ImageError, float]:
+        started = time.perf_counter()
+        try:
+            image = load_image(source, self.size)
+        except ImageError as error:
+            return error, 0.0
+        return image, time.perf_counter() - started
 
     def decide(self, output: np.ndarray | float, ms: float = 0.0) -> Prediction:
         if np.ndim(output) == 0:

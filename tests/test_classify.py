@@ -12,7 +12,7 @@ import numpy as np
 from conftest import REPO, run_script
 from PIL import Image
 
-from runtime import Classifier
+from runtime import Classifier, ImageError
 
 
 def test_folder_with_bad_files_classifies_the_good_ones_and_exits_1(exported, real_data,
@@ -63,6 +63,34 @@ def test_python_api_takes_paths_pil_images_and_arrays(exported, real_data):
     assert classifier.predict(np.asarray(Image.open(path))).scores == from_path.scores
     batch = classifier.predict_batch([path, path])
     assert [p.label for p in batch] == [from_path.label] * 2
+
+
+def test_predict_each_keeps_order_reports_errors_in_place_and_reads_lazily(exported,
+                                                                         real_data, tmp_path):
+    classifier = Classifier(exported / "model_int8.tflite")
+    photos = [real_data / "test" / name for name in
+              ("cats/cat.1501.jpg", "dogs/dog.1501.jpg", "cats/cat.1502.jpg")]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(photos[0].read_bytes()[:500])
+    sources = [photos[0], broken, photos[1], photos[2]] * 5
+    taken = []
+
+    def stream():
+        for source in sources:
+            taken.append(source)
+            yield source
+
+    results = classifier.predict_each(stream(), ahead=2)
+    first_source, first = next(results)
+    assert len(taken) <= 4  # the current image, two ahead, and one being read
+    rest = list(results)
+    assert [first_source] + [source for source, _ in rest] == sources
+    outcomes = [first] + [outcome for _, outcome in rest]
+    for source, outcome in zip(sources, outcomes):
+        if source == broken:
+            assert isinstance(outcome, ImageError) and "broken.jpg" in str(outcome)
+        else:
+            assert outcome.scores == classifier.predict(source).scores and outcome.ms > 0
 
 
 def test_ctrl_c_ends_a_camera_run_within_a_second_with_a_summary(exported, real_data,
