@@ -93,6 +93,19 @@ def test_predict_each_keeps_order_reports_errors_in_place_and_reads_lazily(expor
             assert outcome.scores == classifier.predict(source).scores and outcome.ms > 0
 
 
+def test_ctrl_c_on_a_folder_prints_the_summary_so_far_and_exits_130(exported, real_data):
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "runtime/classify"), str(exported / "model_int8.tflite"),
+         str(real_data / "test"), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert json.loads(process.stdout.readline())["label"] in ("cats", "dogs")
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "interrupted after" in stderr and "of 1000" in stderr and "Traceback" not in stderr
+    assert all(json.loads(line)["label"] for line in stdout.splitlines())
+
+
 def test_ctrl_c_ends_a_camera_run_within_a_second_with_a_summary(exported, real_data,
                                                                  tmp_path):
     import cv2
