@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import deque
@@ -14,8 +15,6 @@ import numpy as np
 from runtime.engines import open_engine
 from runtime.metadata import read_metadata
 from runtime.preprocess import ImageError, ImageSource, load_image
-
-_END = object()
 
 
 @dataclass
@@ -71,10 +70,7 @@ class Classifier:
             pending: deque[tuple[ImageSource, Future]] = deque()
 
             def read_ahead() -> None:
-                while len(pending) < ahead + 1:
-                    source = next(sources, _END)
-                    if source is _END:
-                        return
+                for source in itertools.islice(sources, ahead + 1 - len(pending)):
                     pending.append((source, pool.submit(self._timed_load, source)))
 
             read_ahead()
