@@ -131,10 +131,20 @@ def test_random_erasing_rate_is_the_share_of_images_erased():
     assert 0.15 < (out != 0).any(axis=(1, 2, 3)).mean() < 0.35
 
 
-@pytest.mark.parametrize("name, unfoldable", [("plus", 5), ("plus-foldable", 0)])
+@pytest.mark.parametrize("name, unfoldable",
+                         [("plus", 5), ("plus-foldable", 0), ("plus-lite", 5)])
 def test_batchnorms_that_cannot_fold_into_a_convolution(name, unfoldable):
     model = ARCHITECTURES[name]()
     # pre-activation: the stem (also read by a shortcut) and the four after a residual Add;
     # export rewrites these five as depthwise convolutions (export/batchnorm.py)
     assert len(standalone_batchnorms(model)) == unfoldable
     assert count_macs(model) <= 250_000_000
+
+
+def test_plus_lite_narrows_the_first_stage_only():
+    plus, lite = ARCHITECTURES["plus"](), ARCHITECTURES["plus-lite"]()
+    widths = [[layer.filters for layer in model.layers
+               if isinstance(layer, keras.layers.SeparableConv2D)] for model in (plus, lite)]
+    assert widths[0][:2] == [64, 64] and widths[1][:2] == [32, 32]
+    assert widths[0][2:] == widths[1][2:]
+    assert count_macs(lite) < 0.8 * count_macs(plus)

@@ -41,6 +41,9 @@ def build_model(
 
 
 PLUS_WIDTHS = (64, 128, 256, 512)
+# The first stage runs at 75x75, where channels cost the most time: half as many there make
+# an int8 inference ~25% faster and a training step ~40% faster, at some accuracy (results).
+PLUS_LITE_WIDTHS = (32, 128, 256, 512)
 # Keras's default 0.99 leaves the moving variance, which starts at 1, several times too large
 # for ten epochs here (true variances are ~0.01), and validation reads 50% meanwhile.
 BN_MOMENTUM = 0.9
@@ -110,6 +113,7 @@ ARCHITECTURES = {
     "seed": build_model,
     "plus": build_plus_model,
     "plus-foldable": functools.partial(build_plus_model, foldable=True),
+    "plus-lite": functools.partial(build_plus_model, widths=PLUS_LITE_WIDTHS),
 }
 
 
