@@ -42,7 +42,8 @@ def build_model(
 
 PLUS_WIDTHS = (64, 128, 256, 512)
 # The first stage runs at 75x75, where channels cost the most time: half as many there make
-# an int8 inference ~25% faster and a training step ~40% faster, at some accuracy (results).
+# an int8 inference and a training epoch about a quarter faster, at a cost in accuracy
+# (docs/results.md).
 PLUS_LITE_WIDTHS = (32, 128, 256, 512)
 # Keras's default 0.99 leaves the moving variance, which starts at 1, several times too large
 # for ten epochs here (true variances are ~0.01), and validation reads 50% meanwhile.
