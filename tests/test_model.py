@@ -132,7 +132,7 @@ def test_random_erasing_rate_is_the_share_of_images_erased():
 
 
 @pytest.mark.parametrize("name, unfoldable",
-                         [("plus", 5), ("plus-foldable", 0), ("plus-lite", 5)])
+                         [("plus", 5), ("plus-foldable", 0), ("plus-lite", 5), ("plus-48", 5)])
 def test_batchnorms_that_cannot_fold_into_a_convolution(name, unfoldable):
     model = ARCHITECTURES[name]()
     # pre-activation: the stem (also read by a shortcut) and the four after a residual Add;
@@ -141,10 +141,12 @@ def test_batchnorms_that_cannot_fold_into_a_convolution(name, unfoldable):
     assert count_macs(model) <= 250_000_000
 
 
-def test_plus_lite_narrows_the_first_stage_only():
-    plus, lite = ARCHITECTURES["plus"](), ARCHITECTURES["plus-lite"]()
+@pytest.mark.parametrize("name, first_width, macs_at_most", [("plus-lite", 32, 0.8),
+                                                             ("plus-48", 48, 0.9)])
+def test_narrow_variants_narrow_the_first_stage_only(name, first_width, macs_at_most):
+    plus, narrow = ARCHITECTURES["plus"](), ARCHITECTURES[name]()
     widths = [[layer.filters for layer in model.layers
-               if isinstance(layer, keras.layers.SeparableConv2D)] for model in (plus, lite)]
-    assert widths[0][:2] == [64, 64] and widths[1][:2] == [32, 32]
+               if isinstance(layer, keras.layers.SeparableConv2D)] for model in (plus, narrow)]
+    assert widths[0][:2] == [64, 64] and widths[1][:2] == [first_width, first_width]
     assert widths[0][2:] == widths[1][2:]
-    assert count_macs(lite) < 0.8 * count_macs(plus)
+    assert count_macs(narrow) < macs_at_most * count_macs(plus)

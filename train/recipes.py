@@ -59,7 +59,7 @@ FIXED = {"name", "epochs", "batch_size", "summary"}  # names, or set by their ow
 OPTIMIZERS = ("rmsprop", "adamw")
 # The keys of train.model.ARCHITECTURES (a test keeps them equal), named here so that a bad
 # --set is refused before Keras starts.
-ARCHITECTURE_NAMES = ("seed", "plus", "plus-foldable", "plus-lite")
+ARCHITECTURE_NAMES = ("seed", "plus", "plus-foldable", "plus-lite", "plus-48")
 
 
 def parse_settings(settings: list[str]) -> dict:
