@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,3 +68,19 @@ def exported(trained_run):
         result = run_script("export/to_onnx.py", run_dir, *extra)
         assert result.returncode == 0, result.stderr[-2000:]
     return run_dir
+
+
+def confident_photos(run_dir: Path, folder: Path, count: int, margin: float = 0.15) -> list[Path]:
+    """The first `count` photos in `folder` that run_dir's Keras model scores at least `margin`
+    away from 0.5. A short test run puts some photos near 0.5, where int8 rounding may flip a
+    label; a check of the benchmark's mechanics on ten photos must not depend on those."""
+    import keras
+
+    from runtime.preprocess import load_image
+
+    model = keras.saving.load_model(run_dir / "model.keras")
+    photos = sorted(folder.iterdir())
+    scores = model.predict(np.stack([load_image(photo) for photo in photos]), verbose=0)[:, 0]
+    confident = [photo for photo, score in zip(photos, scores) if abs(score - 0.5) >= margin]
+    assert len(confident) >= count, f"only {len(confident)} confident photos in {folder}"
+    return confident[:count]

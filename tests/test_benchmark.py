@@ -3,7 +3,7 @@
 import json
 import shutil
 
-from conftest import ARTIFACTS, run_script
+from conftest import ARTIFACTS, confident_photos, run_script
 
 ROW_KEYS = {"run", "format", "file", "status", "macs_per_image", "size_mb", "accuracy",
             "agreement", "ms_p50", "ms_range", "images_per_second", "best_batch",
@@ -18,7 +18,7 @@ def test_benchmark_exports_what_is_missing_and_reports_a_broken_format(exported,
     (run_dir / "model_float16.tflite").write_bytes(b"TFL3 but cut short")  # broken
     test_cats = tmp_path / "data" / "cats"
     test_cats.mkdir(parents=True)
-    for photo in sorted((real_data / "test" / "cats").iterdir())[:10]:
+    for photo in confident_photos(exported, real_data / "test" / "cats", 10):
         shutil.copy(photo, test_cats)
     result = run_script("export/benchmark.py", run_dir, "--data", tmp_path / "data",
                         "--threads", "1,2", "--repeat", "1", "--json", tmp_path / "b.json",
@@ -50,7 +50,7 @@ def test_benchmark_compares_chosen_formats_across_runs(exported, real_data, tmp_
         shutil.copytree(exported, tmp_path / name)
     test_dogs = tmp_path / "data" / "dogs"
     test_dogs.mkdir(parents=True)
-    for photo in sorted((real_data / "test" / "dogs").iterdir())[:4]:
+    for photo in confident_photos(exported, real_data / "test" / "dogs", 4):
         shutil.copy(photo, test_dogs)
     result = run_script("export/benchmark.py", tmp_path / "seed", tmp_path / "other",
                         "--formats", "tflite INT8", "--data", tmp_path / "data", "--threads", "1",
