@@ -45,7 +45,7 @@ PLUS_WIDTHS = (64, 128, 256, 512)
 # an int8 inference and a training epoch about a quarter faster, at a cost in accuracy
 # (docs/results.md).
 PLUS_LITE_WIDTHS = (32, 128, 256, 512)
-PLUS_48_WIDTHS = (48, 128, 256, 512)  # between the two: the seed's int8 speed, it is hoped
+PLUS_48_WIDTHS = (48, 128, 256, 512)  # between the two; measured, neither wins (docs)
 # Keras's default 0.99 leaves the moving variance, which starts at 1, several times too large
 # for ten epochs here (true variances are ~0.01), and validation reads 50% meanwhile.
 BN_MOMENTUM = 0.9
