@@ -244,37 +244,33 @@ def auto_precision() -> str:
     if backend == "jax":
         import jax
 
-        return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else _cpu_precision()
+        return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else cpu_precision()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return "bfloat16" if tf.config.list_physical_devices("GPU") else _cpu_precision()
+        return "bfloat16" if tf.config.list_physical_devices("GPU") else cpu_precision()
     return "float32"
 
 
-def _cpu_precision() -> str:
-    try:
-        return cpu_precision(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        return "float32"
-
-
-def cpu_precision(cpuinfo: str) -> str:
+def cpu_precision(cpuinfo: str | None = None) -> str:
     """bfloat16 on CPUs where it was measured to train faster (`train/benchmark.py`), else float32.
 
     Measured here: an AMD EPYC with AVX512-BF16 trained 1.6-1.8x faster in bfloat16; an Intel
     Xeon with AVX512-BF16 but no AMX (a VM that does not expose it) trained 28% slower. On
-    Intel, bfloat16 is taken only with AMX, the units built for it.
+    Intel, bfloat16 is taken only with AMX, the units built for it. `cpuinfo` defaults to
+    /proc/cpuinfo.
     """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "float32"
     flags = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags.update(line.partition(":")[2].split())
-    if "amx_bf16" in flags:
-        return "bfloat16"
-    if "avx512_bf16" in flags and "AuthenticAMD" in cpuinfo:
-        return "bfloat16"
-    return "float32"
+    amd_bf16 = "avx512_bf16" in flags and "AuthenticAMD" in cpuinfo
+    return "bfloat16" if "amx_bf16" in flags or amd_bf16 else "float32"
 
 
 if __name__ == "__main__":
