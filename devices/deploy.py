@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Deploy edgeconv to a device over SSH: code, model, install, self-test, optional service.
 
-  python devices/deploy.py --host USER@HOST --model FILE [--profile NAME] [--service]
+  python devices/deploy.py --host USER@HOST [--model FILE] [--profile NAME]
+                           [--service [camera|serve]] [--listen HOST:PORT]
 
 Copies runtime/ and devices/ (rsync when both ends have it, else tar over ssh), copies the
 model beside them and renames it into place (a running service never sees half a file), runs
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))  # runnable from a plain clone
 from runtime.metadata import ModelFileError, read_metadata  # noqa: E402
 
 SELFTEST_PHOTO = ROOT / "devices" / "selftest" / "cat.jpg"
+SHIPPED_MODEL = ROOT / "models" / "plus_int8.tflite"
 
 
 class DeployError(Exception):
@@ -125,7 +127,7 @@ def deploy(args: argparse.Namespace) -> str:
     if expect:
         install += ["--expect", expect]
     if args.service:
-        install.append("--service")
+        install += ["--service", args.service, "--listen", args.listen]
     output = remote.ssh("bash " + " ".join(map(shlex.quote, install)), "install.sh",
                         stream=True)
     passed = [line for line in output.splitlines() if "self-test passed" in line]
@@ -139,11 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", required=True, help="USER@HOST of the device")
     parser.add_argument("--port", type=int, default=22, help="SSH port (default: 22)")
     parser.add_argument("--identity", type=Path, help="SSH private key")
-    parser.add_argument("--model", type=Path, required=True, help=".tflite or .onnx to deploy")
+    parser.add_argument("--model", type=Path, default=SHIPPED_MODEL,
+                        help=".tflite or .onnx to deploy (default: the shipped plus model, "
+                        "models/plus_int8.tflite)")
     parser.add_argument("--profile", default="auto", help="device profile (default: detected "
                         "on the device)")
-    parser.add_argument("--service", action="store_true",
-                        help="install and (re)start the edgeconv-camera systemd service")
+    parser.add_argument("--service", nargs="?", const="camera", choices=("camera", "serve"),
+                        help="install and (re)start a systemd service: camera (default: "
+                        "classify --camera to the journal) or serve (the preview page and API)")
+    parser.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                        help="where the serve service listens (default: %(default)s; "
+                        "0.0.0.0:8080 for the network, with a token)")
     parser.add_argument("--remote-dir", default="edgeconv",
                         help="folder on the device, relative to the user's home (default: "
                         "%(default)s)")

@@ -2,33 +2,42 @@
 # Install edgeconv's runtime on this device and prove it works.
 #
 #   devices/install.sh [--profile NAME|auto] [--model FILE] [--expect LABEL] [--venv DIR]
-#                      [--service] [--user NAME] [--no-apt] [--render-unit FILE]
+#                      [--service [camera|serve]] [--listen HOST:PORT] [--user NAME]
+#                      [--no-apt] [--render-unit FILE]
 #
 # Detects the architecture and OS, creates a virtual environment holding only what the
 # profile's runtime needs (numpy, Pillow, one engine; picamera2 comes from apt on Raspberry Pi
 # OS), then classifies the bundled photo with the model as a self-test. Safe to re-run.
-# --service installs and starts edgeconv-camera.service; --render-unit only writes that unit.
+# --model defaults to the shipped plus model (models/plus_int8.tflite) in a clone.
+# --service installs and starts edgeconv-camera.service (classify --camera, lines to the
+# journal) or, with "serve", edgeconv-serve.service (the preview page and HTTP API on
+# --listen, default 127.0.0.1:8080); --render-unit FILE only writes that unit to FILE.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
-profile=auto model="" expect="" venv="$root/.venv" service=0 user="${SUDO_USER:-$(id -un)}"
-apt=1 render=""
+profile=auto model="" expect="" venv="$root/.venv" service="" user="${SUDO_USER:-$(id -un)}"
+apt=1 render="" listen="127.0.0.1:8080" unit_kind=camera
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
     --model) model="$2"; shift 2 ;;
     --expect) expect="$2"; shift 2 ;;
     --venv) venv="$2"; shift 2 ;;
-    --service) service=1; shift ;;
+    --service)
+      service=camera
+      case "${2:-}" in camera|serve) service="$2"; shift ;; esac
+      unit_kind="$service"; shift ;;
+    --listen) listen="$2"; shift 2 ;;
     --user) user="$2"; shift 2 ;;
     --no-apt) apt=0; shift ;;
     --render-unit) render="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
+[ -n "$model" ] || [ ! -f "$root/models/plus_int8.tflite" ] || model="$root/models/plus_int8.tflite"
 say() { printf 'install: %s\n' "$*"; }
 die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 
@@ -77,10 +86,16 @@ if [ -n "$model" ]; then
   say "self-test passed: $label${expect:+ (expected $expect)}"
 fi
 
-render_unit() {  # the unit with this install's paths, user, model and profile
+case "$listen" in
+  *:*) ;;
+  *) die "--listen takes HOST:PORT, e.g. 0.0.0.0:8080" ;;
+esac
+render_unit() {  # the unit with this install's paths, user, model, profile and address
   sed -e "s|@ROOT@|$root|g" -e "s|@VENV@|$venv|g" -e "s|@USER@|$user|g" \
       -e "s|@MODEL@|$(cd "$(dirname "$model")" && pwd)/$(basename "$model")|g" \
-      -e "s|@PROFILE@|$profile|g" "$here/edgeconv-camera.service" > "$1"
+      -e "s|@PROFILE@|$profile|g" \
+      -e "s|@SERVE_ARGS@|--host ${listen%:*} --port ${listen##*:}|g" \
+      "$here/edgeconv-$unit_kind.service" > "$1"
 }
 if [ -n "$render" ]; then
   [ -n "$model" ] || die "--render-unit needs --model"
@@ -88,17 +103,20 @@ if [ -n "$render" ]; then
   say "unit written to $render"
 fi
 
-if [ "$service" = 1 ]; then
+if [ -n "$service" ] && [ -z "$render" ]; then
   [ -n "$model" ] || die "--service needs --model"
-  unit=/etc/systemd/system/edgeconv-camera.service
+  unit=/etc/systemd/system/edgeconv-$service.service
   rendered="$(mktemp)"
   render_unit "$rendered"
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
   $sudo_cmd install -m 644 "$rendered" "$unit"
   rm -f "$rendered"
   $sudo_cmd systemctl daemon-reload
-  $sudo_cmd systemctl enable --now edgeconv-camera.service
-  $sudo_cmd systemctl restart edgeconv-camera.service
-  say "service: edgeconv-camera enabled (journalctl -u edgeconv-camera -f)"
+  $sudo_cmd systemctl enable --now "edgeconv-$service.service"
+  $sudo_cmd systemctl restart "edgeconv-$service.service"
+  say "service: edgeconv-$service enabled (journalctl -u edgeconv-$service -f)"
+  if [ "$service" = serve ]; then
+    say "page: http://$listen/ (token, off loopback: ~$user/.config/edgeconv/token)"
+  fi
 fi
 say "done: $root/runtime/classify MODEL --profile $profile --camera"

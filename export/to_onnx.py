@@ -9,7 +9,6 @@ calibrated on the same images, preprocessed the same way, as the TFLite int8 exp
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -18,17 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
 
-from export.common import (  # noqa: E402
-    ExportError,
-    Source,
-    add_source_arguments,
-    build_metadata,
-    calibration_set,
-    output_path,
-)
+from export.cli import exporter_parser, output_path, run_exporter  # noqa: E402
+from export.metadata import build_metadata  # noqa: E402
+from export.source import ExportError, Source, calibration_set  # noqa: E402
 from runtime.files import atomic_path  # noqa: E402
 from runtime.metadata import METADATA_KEY  # noqa: E402
 from train.backend import native_stderr_silenced  # noqa: E402
+
+QUANTIZATIONS = ("float32", "int8")
 
 
 def float_onnx(source: Source, path: Path, opset: int | None) -> None:
@@ -86,11 +82,14 @@ def embed_metadata(path: Path, metadata: dict) -> None:
     onnx.save(model, str(path))
 
 
-def export(source: Source, quantize: str | None = None, out: Path | None = None,
+def export(source: Source, quantize: str = "float32", out: Path | None = None, *,
            calibration: Path | None = None, calibration_size: int = 300,
            opset: int | None = None) -> Path:
-    """Convert, quantize if asked, embed metadata and write atomically."""
-    path = output_path(out, source, "int8.onnx" if quantize == "int8" else "float.onnx")
+    """Convert, quantize if asked ("int8"), embed metadata and write atomically."""
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"ONNX quantization {quantize!r}: choose {' or '.join(QUANTIZATIONS)}")
+    path = output_path(out, source, "model_int8.onnx" if quantize == "int8"
+                       else "model_float.onnx")
     described = None
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as work:
         float_path = Path(work) / "float.onnx"
@@ -100,7 +99,7 @@ def export(source: Source, quantize: str | None = None, out: Path | None = None,
             images, described = calibration_set(source, calibration, calibration_size)
             result = Path(work) / "int8.onnx"
             quantize_int8(float_path, result, images)
-        metadata = build_metadata(source, fmt="onnx", quantization=quantize or "float32",
+        metadata = build_metadata(source, fmt="onnx", quantization=quantize,
                                   input_dtype="float32", input_quantization=None,
                                   calibration=described)
         embed_metadata(result, metadata)
@@ -110,23 +109,13 @@ def export(source: Source, quantize: str | None = None, out: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export/to_onnx.py", description=__doc__.split(
-        "\n\n")[0].strip(), epilog="Example: python export/to_onnx.py runs/augmented "
-        "--quantize int8")
-    add_source_arguments(parser)
-    parser.add_argument("--quantize", choices=("int8",), help="static int8 quantization (QDQ)")
+    parser = exporter_parser(
+        "export/to_onnx.py", __doc__, "python export/to_onnx.py runs/augmented --quantize int8",
+        "beside the model, model_float.onnx or model_int8.onnx", QUANTIZATIONS,
+        "float32 (default) or static int8 quantization (QDQ)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the converter's)")
-    parser.add_argument("--out", type=Path, help="output file (default: beside the model, "
-                        "model_float.onnx or model_int8.onnx)")
     args = parser.parse_args(argv)
-    try:
-        path = export(Source(args.model), args.quantize, args.out, args.calibration,
-                      args.calibration_size, args.opset)
-    except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{path} ({path.stat().st_size / 1e6:.2f} MB, {args.quantize or 'float32'})")
-    return 0
+    return run_exporter(args, export, args.quantize, opset=args.opset)
 
 
 if __name__ == "__main__":

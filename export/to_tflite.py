@@ -10,21 +10,15 @@ With uint8 input (the default for int8) the model takes the raw 0..255 pixels un
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
 
-from export.common import (  # noqa: E402
-    ExportError,
-    Source,
-    add_source_arguments,
-    build_metadata,
-    calibration_set,
-    output_path,
-)
+from export.cli import exporter_parser, output_path, run_exporter  # noqa: E402
+from export.metadata import build_metadata  # noqa: E402
+from export.source import ExportError, Source, calibration_set  # noqa: E402
 from runtime.files import atomic_path  # noqa: E402
 from runtime.metadata import METADATA_KEY  # noqa: E402
 from train.backend import native_stderr_silenced  # noqa: E402
@@ -96,10 +90,11 @@ def _input_detail(flatbuffer: bytes) -> dict:
     return Interpreter(model_content=flatbuffer).get_input_details()[0]
 
 
-def export(source: Source, quantize: str, out: Path | None = None, io_type: str = "uint8",
-           calibration: Path | None = None, calibration_size: int = 300) -> Path:
-    """Convert and write atomically; returns the file written."""
-    path = output_path(out, source, f"{quantize}.tflite")
+def export(source: Source, quantize: str = "float32", out: Path | None = None, *,
+           calibration: Path | None = None, calibration_size: int = 300,
+           io_type: str = "uint8") -> Path:
+    """Convert and write atomically (default: model_<quantize>.tflite beside the model)."""
+    path = output_path(out, source, f"model_{quantize}.tflite")
     flatbuffer, _ = convert(source, quantize, io_type, calibration, calibration_size)
     with atomic_path(path) as tmp:
         tmp.write_bytes(flatbuffer)
@@ -107,27 +102,14 @@ def export(source: Source, quantize: str, out: Path | None = None, io_type: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export/to_tflite.py", description=__doc__.split(
-        "\n\n")[0].strip(), epilog="Example: python export/to_tflite.py runs/augmented "
-        "--quantize int8")
-    add_source_arguments(parser)
-    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="float32",
-                        help="float32 (default), float16 weights, dynamic-range int8 weights, "
-                        "or full int8 calibrated on real images")
+    parser = exporter_parser(
+        "export/to_tflite.py", __doc__, "python export/to_tflite.py runs/augmented --quantize int8",
+        "beside the model, model_<quantize>.tflite", QUANTIZATIONS, "float32 (default), float16 "
+        "weights, dynamic-range int8 weights, or full int8 calibrated on real images")
     parser.add_argument("--io", choices=("uint8", "int8", "float32"), default="uint8",
                         help="int8 model input/output type (default: uint8, raw pixels)")
-    parser.add_argument("--out", type=Path, help="output file (default: beside the model, "
-                        "model_<quantize>.tflite)")
     args = parser.parse_args(argv)
-    try:
-        source = Source(args.model)
-        path = export(source, args.quantize, args.out, args.io, args.calibration,
-                      args.calibration_size)
-    except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{path} ({path.stat().st_size / 1e6:.2f} MB, {args.quantize})")
-    return 0
+    return run_exporter(args, export, args.quantize, io_type=args.io)
 
 
 if __name__ == "__main__":

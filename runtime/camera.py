@@ -7,6 +7,7 @@ load_image as photos, so a frame is resized exactly as in training.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.classifier import Classifier
+from runtime.classifier import Classifier, Prediction
+from runtime.hotswap import HotModel
 
 
 class CameraError(RuntimeError):
@@ -64,6 +66,18 @@ def open_capture(source: str, width: int | None, height: int | None):
     return read, capture.release
 
 
+def file_fps(source: str, default: float = 30.0) -> float:
+    """The frame rate a video file was recorded at (to replay it as a camera would)."""
+    try:
+        import cv2
+    except ImportError:
+        return default
+    capture = cv2.VideoCapture(source)
+    fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
+    capture.release()
+    return fps if 0 < fps <= 240 else default
+
+
 def frames(source: str, width: int | None, height: int | None, retries: int = 5,
            log=print) -> Iterator[np.ndarray]:
     """Yield RGB frames; a live source that drops is reopened with exponential backoff."""
@@ -99,32 +113,43 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def run_camera(classifier: Classifier, source: str, width: int | None = None,
+def classified_frames(model: Classifier | HotModel, source: str, width: int | None = None,
+                      height: int | None = None, every: int = 1,
+                      max_frames: int | None = None
+                      ) -> Iterator[tuple[int, np.ndarray, Prediction]]:
+    """(frame index, RGB frame, prediction) for every `every`-th frame, at most `max_frames`.
+
+    With a HotModel, a replaced model file is picked up between frames."""
+    seen = 0
+    for index, frame in enumerate(frames(source, width, height)):
+        if max_frames is not None and seen >= max_frames:
+            return
+        if index % every:
+            continue
+        seen += 1
+        if isinstance(model, HotModel):
+            model.poll()
+            classifier = model.classifier
+        else:
+            classifier = model
+        yield index, frame, classifier.predict(frame)
+
+
+def run_camera(model: Classifier | HotModel, source: str, width: int | None = None,
                height: int | None = None, every: int = 1, max_frames: int | None = None,
                show: bool | None = None, json_lines: bool = False) -> dict:
-    """Classify every `every`-th frame; return a summary. Ctrl-C ends the loop cleanly."""
-    import json
-
+    """Classify every `every`-th frame, a line each; return a summary. Ctrl-C ends cleanly."""
     show = has_display() if show is None else show
     counts: Counter = Counter()
     latencies: list[float] = []
     started = time.perf_counter()
-    seen = 0
     try:
-        for index, frame in enumerate(frames(source, width, height)):
-            if max_frames is not None and seen >= max_frames:
-                break
-            if index % every:
-                continue
-            seen += 1
-            prediction = classifier.predict(frame)
+        for index, frame, prediction in classified_frames(model, source, width, height, every,
+                                                          max_frames):
             latencies.append(prediction.ms)
             counts[prediction.label] += 1
             if json_lines:
-                print(json.dumps({"frame": index, "label": prediction.label,
-                                  "score": round(prediction.score, 6),
-                                  "scores": prediction.scores, "ms": round(prediction.ms, 3)}),
-                      flush=True)
+                print(json.dumps({"frame": index, **prediction.as_dict()}), flush=True)
             else:
                 ranked = sorted(prediction.scores.items(), key=lambda item: -item[1])
                 print(f"{prediction.ms:5.1f} ms  " + "  ".join(f"{name} {score:.2f}"
@@ -136,9 +161,9 @@ def run_camera(classifier: Classifier, source: str, width: int | None = None,
     except KeyboardInterrupt:
         pass
     elapsed = time.perf_counter() - started
-    return {"frames": seen, "counts": dict(counts),
+    return {"frames": len(latencies), "counts": dict(counts),
             "ms_p50": statistics.median(latencies) if latencies else None,
-            "fps": seen / elapsed if elapsed > 0 else 0.0}
+            "fps": len(latencies) / elapsed if elapsed > 0 else 0.0}
 
 
 def _draw(frame: np.ndarray, prediction, fps: float) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -12,8 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime import evaluate
 from runtime.engines import open_engine
-from runtime.metadata import read_metadata
+from runtime.metadata import ModelFileError, read_metadata
 from runtime.preprocess import ImageError, ImageSource, load_image
 
 
@@ -24,26 +26,42 @@ class Prediction:
     scores: dict[str, float] = field(default_factory=dict)
     ms: float = 0.0
 
+    def as_dict(self) -> dict:
+        """The fields of a `--json` line (and of the server's answers)."""
+        return {"label": self.label, "score": round(self.score, 6), "scores": self.scores,
+                "ms": round(self.ms, 3)}
+
 
 class Classifier:
     """`Classifier("model_int8.tflite").predict("cat.jpg")` -> Prediction(label="cats", ...).
 
-    Labels, input size and threshold come from the model's own metadata.
+    Labels, input size and threshold come from the model's own metadata. Below `min_score`
+    (default: the metadata's `output.min_score`, else 0) the label is "unsure"; the scores
+    are kept.
     """
 
     def __init__(self, model: str | os.PathLike, engine: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, min_score: float | None = None):
         self.path = model
         self.metadata = read_metadata(model)
+        try:
+            self.labels: list[str] = list(self.metadata["labels"])
+            self.size: tuple[int, int] = tuple(self.metadata["input"]["shape"][1:3])
+            output = self.metadata["output"]
+        except (KeyError, TypeError, IndexError):
+            raise ModelFileError(f"{model}: edgeconv metadata lacks labels, input or output"
+                                 ) from None
+        self.threshold: float = output.get("threshold") or 0.5
+        self.min_score: float = (min_score if min_score is not None
+                                 else output.get("min_score") or 0.0)
         self.engine = open_engine(model, engine, threads)
-        self.labels: list[str] = self.metadata["labels"]
-        self.size: tuple[int, int] = tuple(self.metadata["input"]["shape"][1:3])
-        self.threshold: float = self.metadata["output"].get("threshold", 0.5)
+        self._engine_lock = threading.Lock()  # engines are not thread-safe; decoding is
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Model outputs for uint8 images [N, h, w, 3]: P(class 1) [N] for a sigmoid head,
         class probabilities [N, k] for a softmax head."""
-        outputs = self.engine.run(images)
+        with self._engine_lock:
+            outputs = self.engine.run(images)
         return outputs[:, 0] if outputs.shape[-1] == 1 else outputs
 
     def predict(self, source: ImageSource) -> Prediction:
@@ -95,11 +113,8 @@ class Classifier:
         return image, time.perf_counter() - started
 
     def decide(self, output: np.ndarray | float, ms: float = 0.0) -> Prediction:
-        if np.ndim(output) == 0:
-            p = float(output)
-            scores = {self.labels[0]: 1.0 - p, self.labels[1]: p}
-            label = self.labels[1] if p >= self.threshold else self.labels[0]
-        else:
-            scores = {name: float(v) for name, v in zip(self.labels, output)}
-            label = self.labels[int(np.argmax(output))]
-        return Prediction(label, scores[label], scores, ms)
+        """One image's output -> its label ("unsure" under min_score), score and scores."""
+        label = self.labels[int(evaluate.decide(np.reshape(output, (1, -1)), self.threshold)[0])]
+        scores = evaluate.scores_of(output, self.labels)
+        score = scores[label]
+        return Prediction(evaluate.UNSURE if score < self.min_score else label, score, scores, ms)

@@ -121,3 +121,9 @@ def _from_array(pixels: np.ndarray) -> Image.Image:
 def is_image_file(path: Path) -> bool:
     """True when the file name has an image extension (the content is checked on load)."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(folder: Path, recursive: bool = True) -> list[Path]:
+    """The image files in `folder` (and below it), sorted by path."""
+    found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return sorted(path for path in found if is_image_file(path) and path.is_file())

@@ -1,4 +1,9 @@
-"""Shared fixtures: the real photos, a private decode cache, and a CLI runner."""
+"""Shared fixtures: the real photos, the shipped models, a private decode cache, a CLI runner.
+
+Markers: `slow` (trains or exports for real: every test that uses `trained_run` or `exported`
+gets it here) and `system` (needs root, sshd, package downloads or emulation). The dev loop
+is `pytest -m "not slow and not system"`; CI runs everything.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "cats_and_dogs_small"
+MODELS = REPO / "models"
+SLOW_FIXTURES = {"trained_run", "exported", "quick_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,21 +66,27 @@ def trained_run(real_data, tmp_path_factory):
     return out, result
 
 
-TFLITE = ("float32", "float16", "dynamic", "int8")
-ARTIFACTS = [f"model_{q}.tflite" for q in TFLITE] + ["model_float.onnx", "model_int8.onnx"]
+ARTIFACTS = [f"model_{q}.tflite" for q in ("float32", "float16", "dynamic", "int8")] + [
+    "model_float.onnx", "model_int8.onnx"]
 
 
 @pytest.fixture(scope="session")
 def exported(trained_run):
+    """The short run exported to all six formats by export/all.py."""
     run_dir, _ = trained_run
-    for quantize in TFLITE:
-        result = run_script("export/to_tflite.py", run_dir, "--quantize", quantize)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert f"model_{quantize}.tflite" in result.stdout
-    for extra in ([], ["--quantize", "int8"]):
-        result = run_script("export/to_onnx.py", run_dir, *extra)
-        assert result.returncode == 0, result.stderr[-2000:]
+    result = run_script("export/all.py", run_dir)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert result.stdout.count(" exported ") == len(ARTIFACTS)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def shipped() -> Path:
+    """models/: the trained models the repository ships (no training needed to use them)."""
+    for name in ("plus_int8.tflite", "plus_int8.onnx", "plus.keras"):
+        if not (MODELS / name).is_file():
+            pytest.fail(f"shipped model {MODELS / name} missing (export/reproduce.py --models)")
+    return MODELS
 
 
 def confident_photos(run_dir: Path, folder: Path, count: int, margin: float = 0.15) -> list[Path]:
@@ -84,3 +103,51 @@ def confident_photos(run_dir: Path, folder: Path, count: int, margin: float = 0.
     confident = [photo for photo, score in zip(photos, scores) if abs(score - 0.5) >= margin]
     assert len(confident) >= count, f"only {len(confident)} confident photos in {folder}"
     return confident[:count]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(real_data, tmp_path_factory) -> Path:
+    """A run folder holding a tiny untrained convnet (seconds to export, for the dev loop)."""
+    import json
+
+    import keras
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    out.mkdir()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((150, 150, 3)), keras.layers.Rescaling(1 / 255),
+        keras.layers.Conv2D(4, 3, strides=4, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1, activation="sigmoid")])
+    model.save(out / "model.keras")
+    (out / "run.json").write_text(json.dumps({"classes": ["cats", "dogs"], "recipe": "tiny",
+                                              "data": str(real_data)}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def few_photos(real_data, tmp_path_factory) -> Path:
+    """Ten test photos per class, in class folders."""
+    root = tmp_path_factory.mktemp("few")
+    for name in ("cats", "dogs"):
+        (root / name).mkdir()
+        for photo in sorted((real_data / "test" / name).iterdir())[:10]:
+            (root / name / photo.name).symlink_to(photo)
+    return root
+
+
+def onnx_with_output(source: Path, out: Path, **output) -> Path:
+    """A copy of an edgeconv ONNX model whose metadata's "output" entry has `output` set."""
+    import json
+
+    import onnx
+
+    from runtime.metadata import METADATA_KEY
+
+    model = onnx.load(str(source))
+    entry = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    metadata = json.loads(entry.value)
+    metadata["output"].update(output)
+    entry.value = json.dumps(metadata)
+    onnx.save(model, str(out))
+    return out

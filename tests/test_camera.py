@@ -35,8 +35,8 @@ def read_frames(path):
         frames.append(frame[:, :, ::-1])
 
 
-def test_camera_frames_get_the_same_labels_as_the_python_api(exported, video):
-    model = exported / "model_int8.tflite"
+def test_camera_frames_get_the_same_labels_as_the_python_api(shipped, video):
+    model = shipped / "plus_int8.tflite"
     result = run_script("runtime/classify", model, "--camera", video, "--max-frames", "5",
                         "--json", "--no-display")
     assert result.returncode == 0, result.stderr
@@ -50,8 +50,8 @@ def test_camera_frames_get_the_same_labels_as_the_python_api(exported, video):
     assert "5 frames" in result.stderr
 
 
-def test_a_stream_that_ends_early_stops_cleanly_with_a_summary(exported, video):
-    result = run_script("runtime/classify", exported / "model_float.onnx", "--camera", video,
+def test_a_stream_that_ends_early_stops_cleanly_with_a_summary(shipped, video):
+    result = run_script("runtime/classify", shipped / "plus_int8.onnx", "--camera", video,
                         "--every", "3", "--max-frames", "100", "--no-display")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -60,8 +60,8 @@ def test_a_stream_that_ends_early_stops_cleanly_with_a_summary(exported, video):
     assert "4 frames" in result.stderr and "FPS" in result.stderr
 
 
-def test_a_camera_that_cannot_be_opened_is_a_usage_error(exported, tmp_path):
-    result = run_script("runtime/classify", exported / "model_int8.tflite", "--camera",
+def test_a_camera_that_cannot_be_opened_is_a_usage_error(shipped, tmp_path):
+    result = run_script("runtime/classify", shipped / "plus_int8.tflite", "--camera",
                         "rtsp://127.0.0.1:9/none", "--no-display", timeout=120)
     assert result.returncode == 2
     assert "cannot open" in result.stderr and "Traceback" not in result.stderr

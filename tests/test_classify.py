@@ -9,13 +9,13 @@ import sys
 import time
 
 import numpy as np
-from conftest import REPO, run_script
+from conftest import REPO, onnx_with_output, run_script
 from PIL import Image
 
 from runtime import Classifier, ImageError
 
 
-def test_folder_with_bad_files_classifies_the_good_ones_and_exits_1(exported, real_data,
+def test_folder_with_bad_files_classifies_the_good_ones_and_exits_1(shipped, real_data,
                                                                     tmp_path):
     folder = tmp_path / "photos" / "dogs"
     folder.mkdir(parents=True)
@@ -28,7 +28,7 @@ def test_folder_with_bad_files_classifies_the_good_ones_and_exits_1(exported, re
     bomb = io.BytesIO()
     Image.new("1", (12_000, 12_000)).save(bomb, "PNG")  # 144 MP behind a small file
     (folder / "bomb.png").write_bytes(bomb.getvalue())
-    result = run_script("runtime/classify", exported / "model_int8.tflite", tmp_path / "photos",
+    result = run_script("runtime/classify", shipped / "plus_int8.tflite", tmp_path / "photos",
                         "--json", "--eval")
     assert result.returncode == 1
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -37,13 +37,16 @@ def test_folder_with_bad_files_classifies_the_good_ones_and_exits_1(exported, re
     assert set(errors) == {"empty.jpg", "notes.jpg", "truncated.jpg", "bomb.png"}
     assert "MP limit" in errors["bomb.png"]
     good = [line for line in lines if "label" in line]
-    assert all(line["label"] in ("cats", "dogs") and line["ms"] > 0 for line in good)
+    reference = Classifier(shipped / "plus_int8.tflite")
+    assert [line["label"] for line in good] == [reference.predict(line["path"]).label
+                                                for line in good]
+    assert all(line["ms"] > 0 for line in good)
     assert "5 images" in result.stderr and "4 failed" in result.stderr
 
 
-def test_all_good_inputs_exit_0_and_a_bad_model_exits_2(exported, real_data, tmp_path):
+def test_all_good_inputs_exit_0_and_a_bad_model_exits_2(shipped, real_data, tmp_path):
     photo = real_data / "test" / "cats" / "cat.1501.jpg"
-    result = run_script("runtime/classify", exported / "model_float.onnx", photo)
+    result = run_script("runtime/classify", shipped / "plus_int8.onnx", photo)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{photo}  ")
     bad = tmp_path / "model.tflite"
@@ -52,11 +55,12 @@ def test_all_good_inputs_exit_0_and_a_bad_model_exits_2(exported, real_data, tmp
     assert result.returncode == 2 and result.stderr.startswith("error: ")
 
 
-def test_python_api_takes_paths_pil_images_and_arrays(exported, real_data):
-    classifier = Classifier(exported / "model_int8.tflite")
+def test_python_api_takes_paths_pil_images_and_arrays(shipped, real_data):
+    classifier = Classifier(shipped / "plus_int8.tflite")
     path = real_data / "test" / "cats" / "cat.1502.jpg"
     from_path = classifier.predict(path)
-    assert from_path.label in ("cats", "dogs") and from_path.ms > 0
+    assert from_path.label == max(from_path.scores, key=from_path.scores.get)
+    assert from_path.ms > 0
     assert set(from_path.scores) == {"cats", "dogs"}
     assert abs(sum(from_path.scores.values()) - 1) < 1e-6
     assert classifier.predict(Image.open(path)).scores == from_path.scores
@@ -65,9 +69,9 @@ def test_python_api_takes_paths_pil_images_and_arrays(exported, real_data):
     assert [p.label for p in batch] == [from_path.label] * 2
 
 
-def test_predict_each_keeps_order_reports_errors_in_place_and_reads_lazily(exported,
+def test_predict_each_keeps_order_reports_errors_in_place_and_reads_lazily(shipped,
                                                                          real_data, tmp_path):
-    classifier = Classifier(exported / "model_int8.tflite")
+    classifier = Classifier(shipped / "plus_int8.tflite")
     photos = [real_data / "test" / name for name in
               ("cats/cat.1501.jpg", "dogs/dog.1501.jpg", "cats/cat.1502.jpg")]
     broken = tmp_path / "broken.jpg"
@@ -93,12 +97,13 @@ def test_predict_each_keeps_order_reports_errors_in_place_and_reads_lazily(expor
             assert outcome.scores == classifier.predict(source).scores and outcome.ms > 0
 
 
-def test_ctrl_c_on_a_folder_prints_the_summary_so_far_and_exits_130(exported, real_data):
+def test_ctrl_c_on_a_folder_prints_the_summary_so_far_and_exits_130(shipped, real_data):
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "runtime/classify"), str(exported / "model_int8.tflite"),
+        [sys.executable, str(REPO / "runtime/classify"), str(shipped / "plus_int8.tflite"),
          str(real_data / "test"), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    assert json.loads(process.stdout.readline())["label"] in ("cats", "dogs")
+    first = json.loads(process.stdout.readline())
+    assert first["label"] == Classifier(shipped / "plus_int8.tflite").predict(first["path"]).label
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
@@ -106,7 +111,7 @@ def test_ctrl_c_on_a_folder_prints_the_summary_so_far_and_exits_130(exported, re
     assert all(json.loads(line)["label"] for line in stdout.splitlines())
 
 
-def test_ctrl_c_ends_a_camera_run_within_a_second_with_a_summary(exported, real_data,
+def test_ctrl_c_ends_a_camera_run_within_a_second_with_a_summary(shipped, real_data,
                                                                  tmp_path):
     import cv2
 
@@ -117,7 +122,7 @@ def test_ctrl_c_ends_a_camera_run_within_a_second_with_a_summary(exported, real_
         writer.write(frame)
     writer.release()
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "runtime/classify"), str(exported / "model_float.onnx"),
+        [sys.executable, str(REPO / "runtime/classify"), str(shipped / "plus_int8.onnx"),
          "--camera", str(video), "--no-display"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     assert process.stdout.readline().strip()  # classifying
@@ -126,3 +131,56 @@ def test_ctrl_c_ends_a_camera_run_within_a_second_with_a_summary(exported, real_
     _, stderr = process.communicate(timeout=30)
     assert time.monotonic() - sent < 1.5
     assert process.returncode == 0 and "frames" in stderr and "Traceback" not in stderr
+
+
+def test_min_score_answers_unsure_and_keeps_the_scores(shipped, real_data, tmp_path):
+    photos = sorted((real_data / "test" / "cats").iterdir())[:40]
+    classifier = Classifier(shipped / "plus_int8.tflite")
+    scores = {path: classifier.predict(path).score for path in photos}
+    cut = sorted(scores.values())[len(scores) // 2]  # about half fall under it
+    unsure = Classifier(shipped / "plus_int8.tflite", min_score=cut)
+    for path, score in scores.items():
+        prediction = unsure.predict(path)
+        assert (prediction.label == "unsure") == (score < cut)
+        assert prediction.score == score and set(prediction.scores) == {"cats", "dogs"}
+    folder = tmp_path / "cats"
+    folder.mkdir()
+    for path in photos:
+        (folder / path.name).symlink_to(path)
+    result = run_script("runtime/classify", shipped / "plus_int8.tflite", tmp_path, "--json",
+                        "--eval", "--min-score", str(cut))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    expected_unsure = sum(score < cut for score in scores.values())
+    assert sum(line["label"] == "unsure" for line in lines) == expected_unsure > 0
+    assert all("scores" in line for line in lines)
+    correct = sum(line["label"] == "cats" for line in lines)
+    assert f"accuracy {correct / len(lines):.4f} on {len(lines)} images" in result.stderr
+    assert f"({expected_unsure} unsure, counted wrong)" in result.stderr
+    bad = run_script("runtime/classify", shipped / "plus_int8.tflite", photos[0],
+                     "--min-score", "1.5")
+    assert bad.returncode == 2 and "--min-score must be between 0 and 1" in bad.stderr
+
+
+def test_a_models_own_min_score_is_its_default(shipped, tmp_path):
+    strict = onnx_with_output(shipped / "plus_int8.onnx", tmp_path / "strict.onnx",
+                              min_score=0.999)
+    photo = REPO / "devices" / "selftest" / "cat.jpg"
+    assert Classifier(strict).predict(photo).label == "unsure"
+    assert Classifier(strict, min_score=0).predict(photo).label == \
+        Classifier(shipped / "plus_int8.onnx").predict(photo).label
+
+
+def test_eval_prints_accuracy_and_confusion_that_match_the_lines(shipped, real_data):
+    result = run_script("runtime/classify", shipped / "plus_int8.tflite", real_data / "test",
+                        "--eval", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    labels = ["cats", "dogs"]
+    confusion = [[sum(1 for line in lines if f"/{truth}/" in line["path"]
+                      and line["label"] == predicted) for predicted in labels]
+                 for truth in labels]
+    correct = confusion[0][0] + confusion[1][1]
+    assert f"accuracy {correct / 1000:.4f} on 1000 images" in result.stderr
+    assert f"{'cats':<6}{confusion[0][0]:>6}{confusion[0][1]:>6}" in result.stderr
+    assert f"{'dogs':<6}{confusion[1][0]:>6}{confusion[1][1]:>6}" in result.stderr

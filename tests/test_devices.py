@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import platform
 import pwd
 import shutil
 import socket
@@ -15,7 +16,7 @@ from conftest import REPO, run_script
 
 from runtime.classifier import Classifier
 from runtime.metadata import read_metadata
-from runtime.profiles import available, load_profile
+from runtime.profiles import available, detect, load_profile
 
 PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
 USER = "edgeconv-deploy"
@@ -29,11 +30,12 @@ def test_every_profile_names_an_engine_threads_camera_and_packages():
         assert profile["engine"] in ("litert", "tflite-runtime")
         assert {"threads", "camera", "width", "height", "every", "pip"} <= set(profile)
     assert "numpy<2" in load_profile("raspberry-pi-32bit")["pip"]
-    assert load_profile("auto")["name"] == "linux-x86_64"  # this machine
+    here = load_profile("auto")  # the profile for this machine's architecture
+    assert here["name"] == detect() and platform.machine() in here["arch"]
 
 
-def test_classify_applies_a_profile_and_flags_override_it(exported):
-    model = exported / "model_int8.tflite"
+def test_classify_applies_a_profile_and_flags_override_it(shipped):
+    model = shipped / "plus_int8.tflite"
     result = run_script("runtime/classify", model, PHOTO, "--profile", "raspberry-pi-32bit",
                         "--engine", "litert", "--threads", "1")
     assert result.returncode == 0, result.stderr
@@ -49,6 +51,7 @@ def clean_copy(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.system
 def test_install_sh_in_a_clean_folder_then_again(exported, tmp_path):
     root = clean_copy(tmp_path)
     model = exported / "model_int8.tflite"
@@ -78,6 +81,18 @@ def test_install_sh_in_a_clean_folder_then_again(exported, tmp_path):
     assert "Restart=on-failure" in text and "User=" in text
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                             text=True)
+    assert verify.returncode == 0, verify.stderr
+
+    serve_unit = tmp_path / "edgeconv-serve.service"
+    render = subprocess.run(command + ["--service", "serve", "--listen", "0.0.0.0:8081",
+                                       "--render-unit", str(serve_unit)],
+                            capture_output=True, text=True, timeout=900)
+    assert render.returncode == 0, render.stderr
+    text = serve_unit.read_text()
+    assert f"{root}/runtime/serve {model} --profile linux-x86_64 --camera --host 0.0.0.0 " \
+        "--port 8081" in text and "@" not in text.split("[Unit]")[1]
+    verify = subprocess.run(["systemd-analyze", "verify", str(serve_unit)],
+                            capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
 
 
@@ -135,6 +150,8 @@ def ssh_device():
     server.terminate()
     server.wait(timeout=10)
     shutil.rmtree(base, ignore_errors=True)
+    subprocess.run(["userdel", "--remove", USER], capture_output=True)  # and its home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def deploy(device, model, *extra):
@@ -144,6 +161,7 @@ def deploy(device, model, *extra):
                       *extra, timeout=1200)
 
 
+@pytest.mark.system
 def test_deploy_over_ssh_checks_host_keys_then_installs_and_replaces_the_model(ssh_device,
                                                                                exported):
     first_model = exported / "model_int8.tflite"

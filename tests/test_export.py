@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ARTIFACTS, REPO, run_script
+from conftest import ARTIFACTS, REPO, onnx_with_output, run_script
 
 from export import parity
 from runtime.classifier import Classifier
+from runtime.evaluate import decide, labelled_images
 from runtime.metadata import ModelFileError, read_metadata
 
 
@@ -49,7 +50,9 @@ print(json.dumps(out))
         assert metadata["output"] == {"activation": "sigmoid", "threshold": 0.5}
         assert metadata["source_model"]["sha256"] == model_sha
         assert "keras" in metadata["tools"]
-        assert entry["label"] in ("cats", "dogs")
+    labels = {entry["label"] for entry in found.values()}
+    assert labels == {Classifier(exported / "model_float32.tflite").predict(
+        real_data / "test/dogs/dog.1501.jpg").label}  # every format, the same label
     int8 = found["model_int8.tflite"]["metadata"]
     assert int8["input"]["dtype"] == "uint8" and int8["input"]["quantization"] == [1.0, 0.0]
     assert int8["calibration"]["images"] == 300
@@ -77,9 +80,9 @@ def test_parity_gates_pass_on_real_photos(exported, real_data, tmp_path):
     device_labels = {line["path"]: line["label"]
                      for line in map(json.loads, device.stdout.splitlines())}
     classifier = Classifier(artifact)
-    files, _ = parity.image_files(real_data / "test", classifier.labels)
+    files, _ = labelled_images(real_data / "test", classifier.labels)
     outputs, _ = parity.model_outputs(files, classifier.size, classifier.engine.run, 1, "")
-    parity_labels = [classifier.labels[i] for i in parity.labels_of(outputs)]
+    parity_labels = [classifier.labels[i] for i in decide(outputs, classifier.threshold)]
     assert [device_labels[str(path)] for path in files] == parity_labels
     correct = sum(label == path.parent.name for path, label in zip(files, parity_labels))
     assert correct / len(files) == rows["model_int8.tflite"]["artifact_accuracy"]
@@ -129,3 +132,48 @@ def test_truncated_or_foreign_artifacts_are_refused(exported, tmp_path):
     result = run_script("export/parity.py", "--reference", exported / "model.keras",
                         "--data", tmp_path, truncated)
     assert result.returncode == 2 and "truncated or corrupt" in result.stderr
+
+
+def test_all_exports_what_is_missing_then_nothing(tiny_run, few_photos, tmp_path):
+    wanted = "TFLite float32,TFLite int8,ONNX float32,ONNX int8"
+    first = run_script("export/all.py", tiny_run, "--formats", wanted)
+    assert first.returncode == 0, first.stdout + first.stderr[-2000:]
+    assert first.stdout.count(" exported ") == 4
+    again = run_script("export/all.py", tiny_run, "--formats", "tflite INT8")
+    assert again.returncode == 0 and again.stdout.count(" exists ") == 1
+    assert " exported " not in again.stdout
+    unknown = run_script("export/all.py", tiny_run, "--formats", "tflite int4")
+    assert unknown.returncode == 2 and "unknown format 'tflite int4'" in unknown.stderr
+
+    files = [tiny_run / name for name in ("model_float32.tflite", "model_int8.tflite",
+                                          "model_float.onnx", "model_int8.onnx")]
+    for path in files:
+        metadata = read_metadata(path)
+        assert metadata["source_model"]["recipe"] == "tiny"
+        assert metadata["labels"] == ["cats", "dogs"]
+    result = run_script("export/parity.py", "--reference", tiny_run / "model.keras",
+                        "--data", few_photos, *files[::2], "--json", tmp_path / "p.json")
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    rows = json.loads((tmp_path / "p.json").read_text())["artifacts"]
+    assert [row["images"] for row in rows] == [20, 20]
+    assert all(row["agreement"] == 1.0 and row["max_abs_dp"] < 1e-4 for row in rows)
+
+
+def test_parity_check_uses_the_threshold_in_the_models_metadata(shipped, few_photos, tmp_path):
+    from export.parity import check
+    from export.source import Source
+
+    strict = onnx_with_output(shipped / "plus_int8.onnx", tmp_path / "strict.onnx",
+                              threshold=0.9)  # "dogs" only when P(dogs) >= 0.9
+    found = check(Source(shipped / "plus.keras"), [shipped / "plus_int8.onnx", strict],
+                  few_photos)
+    truth = [path.parent.name for path in found.files]
+    for row, model in zip(found.rows, (shipped / "plus_int8.onnx", strict)):
+        classifier = Classifier(model)
+        assert row["threshold"] == classifier.threshold
+        device = [classifier.predict(path).label for path in found.files]
+        assert row["artifact_accuracy"] == sum(map(str.__eq__, device, truth)) / len(truth)
+        keras_dogs = found.reference[:, 0] >= classifier.threshold
+        keras_labels = ["dogs" if dog else "cats" for dog in keras_dogs]
+        assert row["reference_accuracy"] == sum(map(str.__eq__, keras_labels, truth)) / 20
+    assert found.rows[1]["threshold"] == 0.9 and row["images"] == 20

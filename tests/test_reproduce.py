@@ -1,15 +1,18 @@
-"""train/reproduce.py end to end in quick mode: runs, export, parity, docs; then resumes."""
+"""export/reproduce.py end to end in quick mode: runs, export, parity, docs; then resumes."""
 
 import json
 
+import pytest
 from conftest import run_script
+
+pytestmark = pytest.mark.slow
 
 
 def test_reproduce_writes_results_and_skips_finished_runs(real_data, tmp_path):
-    args = ["train/reproduce.py", "--data", real_data, "--out", tmp_path / "results",
+    args = ["export/reproduce.py", "--data", real_data, "--out", tmp_path / "results",
             "--recipes", "baseline,augmented", "--seeds", "0,1", "--epochs", "1",
             "--limit", "20", "--docs",
-            tmp_path / "docs" / "results.md"]
+            tmp_path / "docs" / "results.md", "--models", tmp_path / "models"]
     first = run_script(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     docs = tmp_path / "docs"
@@ -26,6 +29,12 @@ def test_reproduce_writes_results_and_skips_finished_runs(real_data, tmp_path):
     assert "--recipes baseline,augmented --seeds 0,1 --epochs 1 --limit 20" in text
     assert "| model_int8.tflite |" in text
     assert (docs / "results_curves.png").read_bytes()[:4] == b"\x89PNG"
+    shipped = json.loads((tmp_path / "models" / "models.json").read_text())
+    assert list(shipped) == ["augmented"]  # the exported run, its int8 files, no Keras file
+    assert [f["file"] for f in shipped["augmented"]["files"]] == [
+        "augmented_int8.tflite", "augmented_int8.onnx"]
+    card = (tmp_path / "models" / "README.md").read_text()
+    assert "## augmented (`augmented-seed" in card and "--epochs 1 --limit 20" in card
 
     again = run_script(*args)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -3,7 +3,6 @@ engine and pytest. TensorFlow cannot be imported there, and classification still
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -19,18 +18,23 @@ ENVIRONMENTS = {
 }
 
 
-def environment(name: str) -> str:
-    """A venv with exactly ENVIRONMENTS[name], built once and kept under .cache/."""
-    folder = REPO / ".cache" / f"venv-{name}"
-    marker = folder / "edgeconv-packages.txt"
-    wanted = "\n".join(ENVIRONMENTS[name])
-    if not (marker.exists() and marker.read_text() == wanted):
-        shutil.rmtree(folder, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-        subprocess.run([str(folder / "bin" / "pip"), "install", "-q", *ENVIRONMENTS[name]],
-                       check=True, capture_output=True, timeout=900)
-        marker.write_text(wanted)
-    return str(folder / "bin" / "python")
+pytestmark = pytest.mark.system  # installs packages from the registry
+
+_VENVS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def thin_venvs(tmp_path_factory):
+    """name -> python of a venv with exactly ENVIRONMENTS[name], built once per session."""
+    def build(name: str) -> str:
+        if name not in _VENVS:
+            folder = tmp_path_factory.mktemp(f"venv-{name}")
+            subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+            subprocess.run([str(folder / "bin" / "pip"), "install", "-q", *ENVIRONMENTS[name]],
+                           check=True, capture_output=True, timeout=900)
+            _VENVS[name] = str(folder / "bin" / "python")
+        return _VENVS[name]
+    return build
 
 
 def run_in(python: str, *args: str) -> subprocess.CompletedProcess:
@@ -40,14 +44,14 @@ def run_in(python: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))
-def test_runtime_classifies_without_tensorflow(name, exported, real_data):
-    python = environment(name)
+def test_runtime_classifies_without_tensorflow(name, thin_venvs, shipped, real_data):
+    python = thin_venvs(name)
     probe = run_in(python, "-c", "import tensorflow")
     assert probe.returncode != 0 and "No module named 'tensorflow'" in probe.stderr
     numpy_major = run_in(python, "-c", "import numpy; print(numpy.__version__)").stdout
     assert (numpy_major.startswith("1.")) == (name == "tflite-runtime")
 
-    model = exported / "model_int8.tflite"
+    model = shipped / "plus_int8.tflite"
     photos = real_data / "test" / "dogs"
     result = run_in(python, "runtime/classify", str(model), str(photos), "--json",
                     "--engine", name)
@@ -69,8 +73,8 @@ def test_runtime_classifies_without_tensorflow(name, exported, real_data):
 
 
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))
-def test_runtime_unit_tests_pass_in_the_thin_environment(name):
-    result = run_in(environment(name), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+def test_runtime_unit_tests_pass_in_the_thin_environment(name, thin_venvs):
+    result = run_in(thin_venvs(name), "-m", "pytest", "-q", "-p", "no:cacheprovider",
                     "tests/test_preprocess.py")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert " passed" in result.stdout

@@ -28,11 +28,11 @@ from train.backend import import_keras  # noqa: E402
 keras = import_keras()
 
 from runtime.files import write_json  # noqa: E402
-from train.dataset import find_dataset, load_split  # noqa: E402
+from runtime.tables import markdown_table  # noqa: E402
+from train.dataset import DataError, find_dataset, load_split, resolve_data  # noqa: E402
+from train.environment import environment  # noqa: E402
 from train.model import INPUT_SHAPE  # noqa: E402
 from train.recipes import RECIPES  # noqa: E402
-from train.report import environment  # noqa: E402
-from train.run import resolve_data  # noqa: E402
 from train.trainer import BatchStream, new_training_model  # noqa: E402
 
 BATCH = 32
@@ -106,20 +106,25 @@ def main(argv: list[str] | None = None) -> int:
                         "each pipeline per round)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    data = resolve_data(args.data)
-    arrays = load_split(find_dataset(data, splits=("train",)), "train")
+    try:
+        data = resolve_data(args.data)
+        arrays = load_split(find_dataset(data, splits=("train",)), "train")
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     rows = measure(pipelines(data, arrays, args.steps), args.steps, args.repeats)
     base = rows[0]["images_per_second"]
     env = environment()
     print(f"\ntraining throughput, augmented recipe, batch {BATCH}, {env['backend']} "
           f"{env.get('backend_version', '')} on {env['cpu']} ({env['cores']} cores), "
           f"median of {args.repeats} interleaved rounds of {args.steps} steps\n")
-    print("| pipeline | precision | images/s (median) | min | max | vs generator float32 |")
-    print("|---|---|---:|---:|---:|---:|")
     for row in rows:
         row["ratio"] = row["images_per_second"] / base
-        print(f"| {row['pipeline']} | {row['precision']} | {row['images_per_second']:.1f} | "
-              f"{row['min']:.1f} | {row['max']:.1f} | {row['ratio']:.2f}x |")
+    print(markdown_table(
+        ["pipeline", "precision", "images/s (median)", "min", "max", "vs generator float32"],
+        [[row["pipeline"], row["precision"], f"{row['images_per_second']:.1f}",
+          f"{row['min']:.1f}", f"{row['max']:.1f}", f"{row['ratio']:.2f}x"] for row in rows],
+        left=2))
     if args.json:
         write_json(args.json, {"rows": rows, **env})
     return 0

@@ -17,15 +17,29 @@ from pathlib import Path
 import numpy as np
 
 from runtime.files import atomic_path
-from runtime.preprocess import ImageError, is_image_file, load_image
+from runtime.preprocess import ImageError, list_images, load_image
 from runtime.progress import progress
 
 SPLITS = ("train", "validation", "test")
+DEFAULT_DATA = Path("data/cats_and_dogs_small")
+PREPARE_COMMAND = "python train/prepare_data.py --download --out data/cats_and_dogs_small"
 _CACHE_VERSION = "1"  # bump when runtime.preprocess changes what load_image returns
 
 
 class DataError(Exception):
     """A problem with the user's data, reported as one line."""
+
+
+def resolve_data(data: Path | None) -> Path:
+    """--data, else $EDGECONV_DATA, else data/cats_and_dogs_small when it exists."""
+    if data is not None:
+        return data
+    if os.environ.get("EDGECONV_DATA"):
+        return Path(os.environ["EDGECONV_DATA"])
+    if not DEFAULT_DATA.is_dir():
+        raise DataError(f"no dataset at {DEFAULT_DATA}; pass --data DIR, set EDGECONV_DATA, or "
+                        f"download and prepare it with: {PREPARE_COMMAND}")
+    return DEFAULT_DATA
 
 
 @dataclass(frozen=True)
@@ -73,10 +87,7 @@ def find_dataset(
             raise DataError(f"{root / split}: classes {found} differ from {splits[0]}'s {classes}")
         files[split] = []
         for index, name in enumerate(classes):
-            images = sorted(
-                (p for p in (root / split / name).iterdir() if p.is_file() and is_image_file(p)),
-                key=natural_key,
-            )
+            images = sorted(list_images(root / split / name, recursive=False), key=natural_key)
             if not images:
                 raise DataError(f"{root / split / name}: no images in this class folder")
             files[split] += [(path, index) for path in images[:limit]]

@@ -2,13 +2,15 @@
 """Reproduce the seed's two numbers (about 72% plain, about 82% with augmentation + dropout)
 and edgeconv's plus recipe, and publish them with what survives quantization.
 
-  python train/reproduce.py --data DIR --out results/ [--seeds 0,1,2] [--docs docs/results.md]
+  python export/reproduce.py --data DIR --out results/ [--seeds 0,1,2] [--docs docs/results.md]
+                             [--models models/]
 
 Trains each recipe (`--recipes`, default all) for each seed (each run resumable, finished runs
 skipped), exports the run of each augmented recipe with the best validation accuracy to
 full-int8 TFLite and ONNX, runs the parity check on the test split, and writes
-docs/results.md with its figures and the JSON of numbers behind them. Interrupted, it picks
-up where it stopped.
+docs/results.md with its figures and the JSON of numbers behind them. --models also copies
+those runs' int8 files (and the plus run's model.keras) into the folder of shipped models and
+writes their cards. Interrupted, it picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
 
+from export import ship  # noqa: E402
 from runtime.files import atomic_path, write_json  # noqa: E402
-from train import run as train_run  # noqa: E402
-from train.plots import pyplot, save_figure  # noqa: E402
+from runtime.tables import markdown_table, percent  # noqa: E402
+from train import session  # noqa: E402
+from train.dataset import DataError, resolve_data  # noqa: E402
+from train.plots import draw_curves, pyplot, save_figure  # noqa: E402
 from train.recipes import RECIPES  # noqa: E402
 
 
-def train_all(data: Path, out: Path, recipes: list[str], seeds: list[int],
-              extra: list[str], train: bool = True) -> dict[str, list]:
+def train_all(data: Path, out: Path, recipes: list[str], seeds: list[int], options: dict,
+              train: bool = True) -> dict[str, list]:
     """recipe -> [metrics of each seed's finished run]; train=False only collects them."""
     finished: dict[str, list] = {}
     for recipe in recipes:
@@ -40,32 +45,13 @@ def train_all(data: Path, out: Path, recipes: list[str], seeds: list[int],
                 continue
             if not done:
                 print(f"== {recipe}, seed {seed} -> {run_dir}", flush=True)
-                code = train_run.main(["--data", str(data), "--recipe", recipe, "--seed",
-                                       str(seed), "--out", str(run_dir), "--resume", *extra])
+                code = session.train(session.Options(out=run_dir, data=data, recipe=recipe,
+                                                     seed=seed, resume=True, **options))
                 if code != 0:
                     raise SystemExit(code)
             metrics = json.loads((run_dir / "metrics.json").read_text())
             finished.setdefault(recipe, []).append({**metrics, "run_dir": str(run_dir)})
     return finished
-
-
-def export_and_check(best: Path, data: Path) -> list[dict]:
-    """int8 TFLite + int8 ONNX of a run, and their parity on the test split."""
-    from export import parity, to_onnx, to_tflite
-    from export.common import Source
-
-    source = Source(best)
-    artifacts = [best / "model_int8.tflite", best / "model_int8.onnx"]
-    if not artifacts[0].exists():
-        to_tflite.export(source, "int8")
-    if not artifacts[1].exists():
-        to_onnx.export(source, "int8")
-    report = best / "parity.json"
-    code = parity.main(["--reference", str(source.path), "--data", str(data / "test"),
-                        *map(str, artifacts), "--json", str(report)])
-    if code == 2:
-        raise SystemExit(code)
-    return json.loads(report.read_text())["artifacts"]
 
 
 def spread(values: list[float]) -> dict:
@@ -93,21 +79,13 @@ def summarize(finished: dict[str, list]) -> dict:
 
 def curves_figure(finished: dict[str, list], path: Path) -> None:
     """Accuracy and loss curves of the first seed of each recipe, side by side."""
-    plt = pyplot()
-
     recipes = list(finished)
-    figure, axes = plt.subplots(2, len(recipes), figsize=(5.5 * len(recipes), 7), squeeze=False)
+    figure, axes = pyplot().subplots(2, len(recipes), figsize=(5.5 * len(recipes), 7),
+                                     squeeze=False)
     for column, recipe in enumerate(recipes):
         run = finished[recipe][0]
         history = json.loads((Path(run["run_dir"]) / "history.json").read_text())
-        epochs = range(1, len(history["loss"]) + 1)
-        for row, key in enumerate(("accuracy", "loss")):
-            ax = axes[row][column]
-            ax.plot(epochs, history[key], "bo", markersize=2.5, label=f"training {key}")
-            ax.plot(epochs, history[f"val_{key}"], "b", label=f"validation {key}")
-            ax.set_title(f"{recipe} (seed {run['seed']}): {key}")
-            ax.set_xlabel("epoch")
-            ax.legend()
+        draw_curves(axes[:, column], history, f"{recipe} (seed {run['seed']})")
     figure.tight_layout()
     save_figure(figure, path)
 
@@ -120,6 +98,15 @@ def spread_text(stats: dict, spec: str) -> str:
             f"{format(stats['max'], spec)})")
 
 
+def parity_table(rows: list[dict]) -> str:
+    return markdown_table(
+        ["artifact", "Keras accuracy", "artifact accuracy", "label agreement", "max abs dp",
+         "gate"],
+        [[row["artifact"], percent(row["reference_accuracy"]), percent(row["artifact_accuracy"]),
+          percent(row["agreement"]), f"{row['max_abs_dp']:.3f}",
+          "pass" if row["passed"] else "FAIL"] for row in rows])
+
+
 def write_markdown(path: Path, summary: dict, exported: dict[str, dict], command: str,
                    figure: Path) -> None:
     def pct(stats):
@@ -128,14 +115,15 @@ def write_markdown(path: Path, summary: dict, exported: dict[str, dict], command
         return (f"{100 * stats['mean']:.1f}% ({100 * stats['min']:.1f}-"
                 f"{100 * stats['max']:.1f}, {stats['n']} seeds)")
 
+    table = markdown_table(
+        ["recipe", "epochs", "validation accuracy", "test accuracy", "train minutes",
+         "images/s", "precision"],
+        [[recipe, s["epochs"], pct(s["val_accuracy"]), pct(s["test_accuracy"]),
+          spread_text(s["train_minutes"], ".1f"), spread_text(s["images_per_second"], ".0f"),
+          s["precision"]] for recipe, s in summary.items()])
     lines = ["# Results: convnets trained from scratch on 2,000 cats and dogs", "",
              f"Reproduce with `{command}` (each run resumes; finished runs are kept).", "",
-             "| recipe | epochs | validation accuracy | test accuracy | train minutes | "
-             "images/s | precision |", "|---|---:|---:|---:|---:|---:|---|"]
-    for recipe, s in summary.items():
-        lines.append(f"| {recipe} | {s['epochs']} | {pct(s['val_accuracy'])} | "
-                     f"{pct(s['test_accuracy'])} | {spread_text(s['train_minutes'], '.1f')} | "
-                     f"{spread_text(s['images_per_second'], '.0f')} | {s['precision']} |")
+             table]
     first = next(iter(summary.values()))
     lines += ["", f"Backend {first['backend']}, Keras {first['keras']}, on {first['hardware']}. "
               "Accuracy is the final epoch's model (no early stopping); test is read once per "
@@ -146,14 +134,7 @@ def write_markdown(path: Path, summary: dict, exported: dict[str, dict], command
         lines += [f"## What survives int8 quantization: {recipe} ({export['run']})", "",
                   "End to end from the test JPEGs: Keras through the training pipeline, each "
                   "artifact through `runtime/` as a device runs it.", "",
-                  "| artifact | Keras accuracy | artifact accuracy | label agreement | "
-                  "max abs dp | gate |", "|---|---:|---:|---:|---:|---|"]
-        for row in export["parity"]:
-            lines.append(f"| {row['artifact']} | {100 * row['reference_accuracy']:.1f}% | "
-                         f"{100 * row['artifact_accuracy']:.1f}% | "
-                         f"{100 * row['agreement']:.1f}% | {row['max_abs_dp']:.3f} | "
-                         f"{'pass' if row['passed'] else 'FAIL'} |")
-        lines.append("")
+                  parity_table(export["parity"]), ""]
     notes = path.with_name("results_notes.md")  # hand-written findings, kept across reruns
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
@@ -162,7 +143,7 @@ def write_markdown(path: Path, summary: dict, exported: dict[str, dict], command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train/reproduce.py", description=__doc__.split(
+    parser = argparse.ArgumentParser(prog="export/reproduce.py", description=__doc__.split(
         "\n\n")[0].strip())
     parser.add_argument("--data", type=Path, help="dataset folder (default: as train/run.py)")
     parser.add_argument("--out", type=Path, default=Path("results"),
@@ -177,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                         "checks)")
     parser.add_argument("--limit", type=int, help="at most N images per class per split "
                         "(quick checks)")
+    parser.add_argument("--models", type=Path, help="also ship the exported runs' int8 files "
+                        "(and the plus run's model.keras) into this folder, with their cards")
     parser.add_argument("--no-train", action="store_true",
                         help="train nothing: report the runs already finished")
     args = parser.parse_args(argv)
@@ -186,18 +169,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown recipe {unknown[0]!r}; choose from {', '.join(RECIPES)}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
-        data = train_run.resolve_data(args.data)
+        data = resolve_data(args.data)
     except ValueError:
         parser.error("--seeds takes integers, e.g. 0,1,2")
-    except train_run.DataError as error:
+    except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args.docs.parent.mkdir(parents=True, exist_ok=True)
-    extra = ["--precision", args.precision]
-    for flag, value in (("--epochs", args.epochs), ("--limit", args.limit)):
-        if value is not None:
-            extra += [flag, str(value)]
-    finished = train_all(data, args.out, recipes, seeds, extra, train=not args.no_train)
+    options = {"precision": args.precision, "epochs": args.epochs, "limit": args.limit}
+    flags = [f"--{key} {value}" for key, value in options.items()
+             if value is not None and value != "auto"]
+    try:
+        finished = train_all(data, args.out, recipes, seeds, options, train=not args.no_train)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not finished:
         print(f"error: no finished runs in {args.out}", file=sys.stderr)
         return 2
@@ -206,13 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         if RECIPES[recipe].augment is None:
             continue  # the overfitting baseline is a reference point, not a model to deploy
         best = Path(max(runs, key=lambda run: run["val_accuracy"])["run_dir"])
-        exported[recipe] = {"run": best.name, "parity": export_and_check(best, data)}
+        exported[recipe] = {"run": best.name, "parity": ship.export_and_check(best, data / "test")}
+    recipe_option = [] if args.recipes == parser.get_default("recipes") else [
+        "--recipes", args.recipes]
+    command = " ".join(["python export/reproduce.py --data DIR", *recipe_option,
+                        "--seeds", args.seeds, *flags])
+    if args.models:
+        ship.ship_runs([args.out / export["run"] for export in exported.values()], args.models)
     summary = summarize(finished)
     figure = args.docs.with_name("results_curves.png")
     curves_figure(finished, figure)
-    options = [] if args.recipes == parser.get_default("recipes") else ["--recipes", args.recipes]
-    command = "python train/reproduce.py --data DIR " + " ".join(
-        [*options, "--seeds", args.seeds, *extra[2:]])
     for export in exported.values():
         for row in export["parity"]:
             row.pop("flips", None)

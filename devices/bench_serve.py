@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Load-test runtime/serve on loopback: the image API under concurrent clients, and the
+camera loop with and without stream viewers, beside runtime/classify on the same photos.
+
+  python devices/bench_serve.py MODEL PHOTOS [--clients 4] [--requests 400] [--viewers 5]
+
+Starts a real server process (and a second one with a video made from the photos as its
+camera), prints requests/s, p50/p99 latency and the server's peak RSS against classify's
+images/s, then camera FPS with no viewer against FPS with --viewers viewers reading the MJPEG
+stream. Figures, not a pass/fail: run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable from a plain clone
+
+from runtime.preprocess import list_images  # noqa: E402
+from runtime.tables import markdown_table  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: Path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "runtime" / "serve"), str(model), "--port",
+             str(self.port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit(f"error: server did not start: {self.process.stderr.read()}")
+
+    def info(self) -> dict:
+        with urllib.request.urlopen(self.url + "/api/info", timeout=10) as response:
+            return json.loads(response.read())
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def post_photos(url: str, photos: list[bytes], clients: int, requests: int) -> dict:
+    """`requests` POSTs spread over `clients` threads; throughput and latency percentiles."""
+    latencies: list[float] = []
+    failures = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def client() -> None:
+        for index in counter:  # shared: each request is taken once
+            body = photos[index % len(photos)]
+            request = urllib.request.Request(url + "/api/classify", data=body)
+            started = time.perf_counter()
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    response.read()
+            except OSError as error:
+                with lock:
+                    failures.append(str(error))
+                continue
+            with lock:
+                latencies.append((time.perf_counter() - started) * 1000)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"requests_per_second": len(latencies) / elapsed, "failures": len(failures),
+            "p50_ms": statistics.median(latencies),
+            "p99_ms": latencies[round(0.99 * (len(latencies) - 1))]}
+
+
+def classify_rate(model: Path, folder: Path) -> float:
+    """images/s of runtime/classify on the same photos, from its summary line."""
+    result = subprocess.run([sys.executable, str(ROOT / "runtime" / "classify"), str(model),
+                             str(folder)], capture_output=True, text=True, timeout=900)
+    summary = result.stdout.strip().splitlines()[-1]
+    return float(summary.split(" images/s")[0].rsplit(" ", 1)[-1])
+
+
+def make_video(photos: list[Path], path: Path, fps: int) -> None:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (640, 480))
+    for photo in photos:
+        writer.write(cv2.resize(cv2.imread(str(photo)), (640, 480)))
+    writer.release()
+
+
+def camera_fps(server: Server, seconds: float) -> float:
+    first = server.info()
+    time.sleep(seconds)
+    last = server.info()
+    return (last["frames"] - first["frames"]) / (last["uptime_s"] - first["uptime_s"])
+
+
+def watch_stream(url: str, stop: threading.Event) -> None:
+    with urllib.request.urlopen(url + "/stream.mjpg", timeout=30) as stream:
+        while not stop.is_set():
+            stream.read(65536)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="devices/bench_serve.py", description=__doc__.split(
+        "\n\n")[0], epilog="Example: python devices/bench_serve.py models/plus_int8.tflite "
+        "DIR/test")
+    parser.add_argument("model", type=Path)
+    parser.add_argument("photos", type=Path, help="a folder of photos (searched recursively)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent API clients")
+    parser.add_argument("--requests", type=int, default=400, help="POSTs in all")
+    parser.add_argument("--viewers", type=int, default=5, help="MJPEG viewers for the "
+                        "camera run")
+    parser.add_argument("--seconds", type=float, default=10, help="camera FPS window")
+    args = parser.parse_args(argv)
+    files = list_images(args.photos)
+    if not files or not args.model.is_file():
+        parser.error("need a model file and a folder with photos")
+    used = files[:args.requests]
+    photos = [path.read_bytes() for path in used]
+    with tempfile.TemporaryDirectory(prefix="edgeconv-bench-") as work:
+        folder = Path(work) / "photos"
+        folder.mkdir()
+        for index, path in enumerate(used):
+            os.symlink(path.resolve(), folder / f"{index:05d}{path.suffix}")
+        classify = classify_rate(args.model, folder)
+        server = Server(args.model)
+        try:
+            api = post_photos(server.url, photos, args.clients, args.requests)
+            api["peak_rss_mb"] = server.peak_rss_mb()
+        finally:
+            server.stop()
+        video = Path(work) / "camera.avi"
+        make_video(files[:200], video, fps=200)  # faster than inference: FPS is the engine's
+        camera = Server(args.model, "--camera", str(video))
+        stop = threading.Event()
+        try:
+            time.sleep(2)  # warm up
+            alone = camera_fps(camera, args.seconds)
+            viewers = [threading.Thread(target=watch_stream, args=(camera.url, stop),
+                                        daemon=True) for _ in range(args.viewers)]
+            for viewer in viewers:
+                viewer.start()
+            time.sleep(1)
+            watched = camera_fps(camera, args.seconds)
+            camera_rss = camera.peak_rss_mb()
+        finally:
+            stop.set()
+            camera.stop()
+    print(f"{args.model.name}, {len(used)} photos from {args.photos}, {os.cpu_count()} cores\n")
+    print(markdown_table(
+        ["what", "images/s", "p50 ms", "p99 ms", "peak RSS MB"],
+        [["runtime/classify (files)", f"{classify:.0f}", "-", "-", "-"],
+         [f"serve POST /api/classify, {args.clients} clients", f"{api['requests_per_second']:.0f}",
+          f"{api['p50_ms']:.1f}", f"{api['p99_ms']:.1f}", f"{api['peak_rss_mb']:.0f}"]]))
+    print(f"\nAPI: {api['requests_per_second'] / classify:.2f}x classify's rate, "
+          f"{api['failures']} failed requests")
+    print(markdown_table(["camera (video at 200 FPS)", "inference FPS", "peak RSS MB"],
+                         [["no viewer", f"{alone:.1f}", "-"],
+                          [f"{args.viewers} MJPEG viewers", f"{watched:.1f}",
+                           f"{camera_rss:.0f}"]]))
+    print(f"\nwith {args.viewers} viewers: {watched / alone:.2f}x the FPS of none")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Every export format in one registry, and one wrapper that exports what a run lacks.
+
+Each format has a name ("TFLite int8"), the file it writes beside the model
+(model_int8.tflite) and an exporter with one signature:
+`export(source, out=None, *, calibration=None, calibration_size=300) -> Path`.
+`export_missing` records each format's outcome (time, size, ok or the error), so one broken
+format never stops the others.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from export import to_onnx, to_tflite
+from export.source import ExportError, Source
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    file_name: str
+    export: Callable[..., Path]
+
+
+FORMATS: list[Format] = [
+    *(Format(f"TFLite {q}", f"model_{q}.tflite", functools.partial(to_tflite.export, quantize=q))
+      for q in to_tflite.QUANTIZATIONS),
+    Format("ONNX float32", "model_float.onnx", functools.partial(to_onnx.export,
+                                                                 quantize="float32")),
+    Format("ONNX int8", "model_int8.onnx", functools.partial(to_onnx.export, quantize="int8")),
+]
+INT8 = [f for f in FORMATS if f.name in ("TFLite int8", "ONNX int8")]
+
+
+def select(names: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Format names from a comma-separated, case-insensitive list ("all": every one).
+    `extra` are names the caller handles itself (the benchmark's "Keras")."""
+    known = {name.lower(): name for name in (*extra, *(f.name for f in FORMATS))}
+    wanted = [name.strip().lower() for name in names.split(",") if name.strip()]
+    if wanted == ["all"]:
+        return list(known.values())
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ValueError(f"unknown format {unknown[0]!r}; choose from "
+                         f"{', '.join(known.values())}")
+    return [known[name] for name in known if name in wanted]  # registry order
+
+
+@dataclass
+class Outcome:
+    format: Format
+    path: Path
+    status: str  # "exists", "exported" or "failed"
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    @property
+    def size_mb(self) -> float | None:
+        return self.path.stat().st_size / 1e6 if self.ok else None
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:160]
+
+
+def export_missing(source: Source, names: list[str], force: bool = False) -> list[Outcome]:
+    """Export each named format the run lacks (all of them with `force`); one Outcome each."""
+    outcomes = []
+    for fmt in (f for f in FORMATS if f.name in names):
+        path = source.run_dir / fmt.file_name
+        if path.exists() and not force:
+            outcomes.append(Outcome(fmt, path, "exists"))
+            continue
+        print(f"exporting {fmt.file_name}", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            fmt.export(source)
+            outcomes.append(Outcome(fmt, path, "exported", time.monotonic() - started))
+        except Exception as error:  # noqa: BLE001  one broken format never stops the others
+            if isinstance(error, ExportError) and "not a Keras model" in str(error):
+                raise  # the source itself is unusable: every format would fail the same way
+            outcomes.append(Outcome(fmt, path, "failed", time.monotonic() - started,
+                                    one_line(error)))
+    return outcomes

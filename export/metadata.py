@@ -1,0 +1,41 @@
+"""What makes an artifact self-describing: the edgeconv metadata stored inside the file."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, timezone
+from importlib import metadata as package_metadata
+
+from export.source import Source
+from runtime.metadata import METADATA_FORMAT
+from runtime.preprocess import PREPROCESSING
+
+
+def build_metadata(source: Source, *, fmt: str, quantization: str, input_dtype: str,
+                   input_quantization: list | None, calibration: dict | None) -> dict:
+    binary = len(source.labels) == 2
+    return {
+        "format": METADATA_FORMAT,
+        "model_format": fmt,
+        "quantization": quantization,
+        "labels": source.labels,
+        "input": {"shape": [1, *source.input_size, 3], "dtype": input_dtype,
+                  "quantization": input_quantization, "layout": "NHWC"},
+        "preprocessing": PREPROCESSING,
+        "output": {"activation": "sigmoid" if binary else "softmax",
+                   "threshold": 0.5 if binary else None},
+        "source_model": {"file": source.path.name, "sha256": source.sha256,
+                         "recipe": source.run.get("recipe")},
+        "calibration": calibration,
+        "tools": tool_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def tool_versions() -> dict:
+    versions = {}
+    for name in ("edgeconv", "keras", "tensorflow", "tensorflow-cpu", "tf2onnx", "onnx",
+                 "onnxruntime"):
+        with contextlib.suppress(package_metadata.PackageNotFoundError):
+            versions[name] = package_metadata.version(name)
+    return versions

@@ -1,0 +1,208 @@
+#!/usr/bin/env python
+"""Ship finished runs: their int8 files (and the plus run's model.keras) into models/, with cards.
+
+  python export/ship.py RUN_DIR [RUN_DIR ...] [--models models/] [--data DIR/test]
+
+Exports each run's int8 TFLite and ONNX files if missing, checks their parity against the
+run's Keras model on its test split, copies them to models/<recipe>_int8.tflite|onnx (and
+models/plus.keras for the plus recipe), and writes models/models.json (every figure, full
+SHA-256 sums) and models/README.md (a card per model, written from that JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
+
+from export import formats, parity  # noqa: E402
+from export.source import ExportError, Source  # noqa: E402
+from runtime.files import atomic_path, write_json  # noqa: E402
+from runtime.metadata import read_metadata  # noqa: E402
+from runtime.tables import markdown_table, percent  # noqa: E402
+from train.recipes import RECIPES  # noqa: E402
+
+INDEX = "models.json"
+LIMITS = ("it knows two classes only: it calls every image a cat or a dog, a car or a face "
+          "included; `runtime/classify --min-score S` answers `unsure` below a score S "
+          "instead. Trained on 2,000 photos of Kaggle's Dogs vs. Cats: pets photographed by "
+          "their owners, mostly one animal, centred; other views (a camera on a shelf at "
+          "night, a crowd of animals) are out of what it has seen.")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_and_check(run_dir: Path, photos: Path | None = None) -> list[dict]:
+    """int8 TFLite + int8 ONNX of a run (exported if missing) and their parity rows on
+    `photos` (default: the run's test split); also written to RUN_DIR/parity.json."""
+    source = Source(run_dir)
+    photos = photos or source.data_split("test")
+    if photos is None:
+        raise ExportError(f"{run_dir}: the run records no test split; pass --data DIR/test")
+    outcomes = formats.export_missing(source, [f.name for f in formats.INT8])
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    if failed:
+        raise ExportError(f"{run_dir}: {failed[0].format.name} export failed: "
+                          f"{failed[0].error}")
+    found = parity.check(source, [outcome.path for outcome in outcomes], photos)
+    write_json(run_dir / "parity.json", {"reference": str(source.path), "data": str(photos),
+                                         "images": len(found.files), "artifacts": found.rows})
+    return found.rows
+
+
+def commands(run_dir: Path, models: Path) -> list[str]:
+    """The commands that made a run and shipped it, as a user would type them."""
+    run = json.loads((run_dir / "run.json").read_text())
+    train = (f"python train/run.py --data DIR --recipe {run['recipe']} --seed {run['seed']} "
+             f"--out {run_dir}")
+    for key, value in (run.get("settings") or {}).items():
+        train += f" --set {key}={json.dumps(value)}"
+    if run["epochs"] != RECIPES[run["recipe"]].epochs:
+        train += f" --epochs {run['epochs']}"
+    if run.get("limit"):
+        train += f" --limit {run['limit']}"
+    return [train, f"python export/ship.py {run_dir} --models {models}"]
+
+
+def ship_runs(run_dirs: list[Path], models: Path, photos: Path | None = None) -> dict:
+    """Check, copy and describe each run; returns the index entries written."""
+    entries = {}
+    for run_dir in run_dirs:
+        rows = export_and_check(run_dir, photos)
+        entry = ship(run_dir, rows, models, keras=json.loads(
+            (run_dir / "run.json").read_text())["recipe"] == "plus",
+            commands=commands(run_dir, models))
+        entries[entry["recipe"]] = entry
+    write_cards(models, entries)
+    return entries
+
+
+def ship(run_dir: Path, parity_rows: list[dict], models: Path, keras: bool,
+         commands: list[str]) -> dict:
+    """Copy the run's int8 files (and model.keras) into `models`; return its index entry."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    recipe = metrics["recipe"]
+    models.mkdir(parents=True, exist_ok=True)
+    files = []
+    names = {"model_int8.tflite": f"{recipe}_int8.tflite", "model_int8.onnx": f"{recipe}_int8.onnx"}
+    if keras:
+        names["model.keras"] = f"{recipe}.keras"
+    by_artifact = {row["artifact"]: row for row in parity_rows}
+    for source_name, name in names.items():
+        with atomic_path(models / name) as tmp:
+            shutil.copyfile(run_dir / source_name, tmp)
+        entry = {"file": name, "bytes": (models / name).stat().st_size,
+                 "sha256": sha256(models / name)}
+        if source_name in by_artifact:
+            row = by_artifact[source_name]
+            metadata = read_metadata(models / name)
+            entry.update(
+                test_accuracy=row["artifact_accuracy"], agreement=row["agreement"],
+                max_abs_dp=row["max_abs_dp"], flips=len(row["flips"]), passed=row["passed"],
+                source_sha256=metadata["source_model"]["sha256"],
+                labels=metadata["labels"], input=metadata["input"],
+                calibration=metadata["calibration"])
+        files.append(entry)
+    return {
+        "recipe": recipe, "run": run_dir.name, "seed": metrics["seed"],
+        "epochs": metrics["epochs"], "data": metrics["data"],
+        "train_images": metrics["train_images"], "params": metrics["params"],
+        "macs_per_image": metrics["macs_per_image"],
+        "keras_sha256": sha256(run_dir / "model.keras"),
+        "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
+        "train_seconds": metrics["train_seconds"], "precision": metrics["precision"],
+        "machine": f"{metrics['cpu']} ({metrics['cores']} cores, {metrics.get('device', '')})",
+        "backend": f"{metrics['backend']} {metrics.get('backend_version', '')}, "
+                   f"Keras {metrics['keras_version']}",
+        "commands": commands, "files": files,
+    }
+
+
+def card(model: dict) -> str:
+    """One model's card, in Markdown."""
+    int8 = [f for f in model["files"] if "test_accuracy" in f]
+    calibration = int8[0]["calibration"] if int8 else None
+    lines = [
+        f"## {model['recipe']} (`{model['run']}`)", "",
+        f"Recipe `{model['recipe']}`, seed {model['seed']}, {model['epochs']} epochs on "
+        f"{model['train_images']:,} training photos (`{Path(model['data']).name}`); "
+        f"{model['params']:,} parameters, {model['macs_per_image'] / 1e6:.0f} M "
+        "multiply-accumulates per image.", "",
+        f"- Keras model (float32): validation accuracy {percent(model['val_accuracy'])}, test "
+        f"{percent(model['test_accuracy'])}; SHA-256 `{model['keras_sha256']}`.",
+        f"- Trained in {model['train_seconds'] / 60:.0f} minutes ({model['precision']}) on "
+        f"{model['machine']}, {model['backend']}.",
+    ]
+    if calibration:
+        lines.append(f"- int8 calibration: {calibration['images']} images of "
+                     f"`{Path(calibration['folder']).parent.name}/"
+                     f"{Path(calibration['folder']).name}`, {calibration['selection']}.")
+    lines += ["", "Test split, end to end from the JPEGs (`runtime/classify FILE "
+              "DIR/test --eval` prints the accuracy; parity against the Keras model):", "",
+              markdown_table(
+                  ["file", "size MB", "test accuracy", "agreement with Keras", "flips",
+                   "max abs dp", "gate", "SHA-256"],
+                  [[f"`{f['file']}`", f"{f['bytes'] / 1e6:.2f}",
+                    percent(f.get("test_accuracy")), percent(f.get("agreement")),
+                    f.get("flips", "-"),
+                    f"{f['max_abs_dp']:.3f}" if "max_abs_dp" in f else "-",
+                    {True: "pass", False: "FAIL"}.get(f.get("passed"), "-"),
+                    f"`{f['sha256'][:16]}...`"] for f in model["files"]]),
+              "", "Made by:", "", "```bash", *model["commands"], "```", "",
+              f"Limits: {LIMITS}", ""]
+    return "\n".join(lines)
+
+
+def write_cards(models: Path, entries: dict[str, dict]) -> None:
+    """models.json (merged with the entries already there) and README.md from it."""
+    index_file = models / INDEX
+    index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    index.update(entries)
+    write_json(index_file, index)
+    text = ["# Shipped models", "",
+            "Trained and exported by the project's own commands on "
+            "`../shared/datasets/cats_and_dogs_small`, so that a fresh clone classifies and "
+            "deploys without training first. Full SHA-256 sums and every figure below are in "
+            f"[`{INDEX}`]({INDEX}). Each card ends with the commands that made its files; "
+            "`export/ship.py` writes this page from that JSON.", "",
+            *(card(model) for model in index.values())]
+    with atomic_path(models / "README.md") as tmp:
+        tmp.write_text("\n".join(text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="export/ship.py", description=__doc__.split(
+        "\n\n")[0].strip(), epilog="Example: python export/ship.py results/plus-seed1 "
+        "results/augmented-seed0 --models models")
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="finished train/run.py runs")
+    parser.add_argument("--models", type=Path, default=Path("models"),
+                        help="folder of shipped models (default: %(default)s)")
+    parser.add_argument("--data", type=Path, help="class folders to check parity on "
+                        "(default: each run's test split)")
+    args = parser.parse_args(argv)
+    try:
+        for run_dir in args.run_dirs:
+            if not (run_dir / "metrics.json").exists():
+                raise ExportError(f"{run_dir}: not a finished run (no metrics.json)")
+        entries = ship_runs(args.run_dirs, args.models, args.data)
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for entry in entries.values():
+        for file in entry["files"]:
+            print(f"{args.models / file['file']}  {file['bytes'] / 1e6:.2f} MB  "
+                  f"test {percent(file.get('test_accuracy'))}  {file['sha256'][:16]}")
+    print(f"wrote {args.models / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The trained model an export starts from, and the images int8 calibration sees."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from runtime.preprocess import ImageError, list_images, load_image
+
+
+class ExportError(Exception):
+    """A problem with the user's input or output, reported as one line."""
+
+
+class Source:
+    """A trained model: `model.keras` and, when it came from train/run.py, its run folder."""
+
+    def __init__(self, model_or_run_dir: str | os.PathLike):
+        given = Path(model_or_run_dir)
+        self.path = given / "model.keras" if given.is_dir() else given
+        if not self.path.exists():
+            raise ExportError(f"{self.path}: not found; pass a model.keras or a run folder")
+        self.run_dir = self.path.parent
+        run_file = self.run_dir / "run.json"
+        self.run = json.loads(run_file.read_text()) if run_file.exists() else {}
+
+    @functools.cached_property
+    def model(self):
+        from train.backend import import_keras
+
+        keras = import_keras()  # first, so that TensorFlow starts quietly
+        import train.augment  # noqa: F401  (registers the augmentation layer)
+
+        try:
+            return keras.saving.load_model(self.path)
+        except Exception as error:  # Keras raises many types for a file it cannot read
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            raise ExportError(f"{self.path}: not a Keras model ({reason})") from None
+
+    @functools.cached_property
+    def convertible_model(self):
+        """The model as converters get it: standalone BatchNorms as depthwise convolutions."""
+        from export.batchnorm import as_depthwise
+
+        return as_depthwise(self.model)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Keras outputs [N, k] for uint8 images, through the training pipeline's model."""
+        return self.model.predict(images, verbose=0)
+
+    @property
+    def labels(self) -> list[str]:
+        if self.run.get("classes"):
+            return list(self.run["classes"])
+        outputs = self.model.output_shape[-1]
+        return [f"class_{i}" for i in range(max(outputs, 2))]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.model.input_shape[1:3])
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def data_split(self, split: str) -> Path | None:
+        """The run's train / validation / test folder, when the run recorded its data."""
+        data = self.run.get("data")
+        return Path(data) / split if data and (Path(data) / split).is_dir() else None
+
+
+def calibration_set(source: Source, folder: Path | None, count: int) -> tuple[np.ndarray, dict]:
+    """Up to `count` images, evenly spread over the folder's sorted files, preprocessed like
+    training. Default folder: the run's training split."""
+    folder = folder or source.data_split("train")
+    if folder is None:
+        raise ExportError("no calibration images: pass --calibration DIR (the run does not "
+                          "record its training data)")
+    if not folder.is_dir():
+        raise ExportError(f"{folder}: calibration folder not found")
+    files = list_images(folder)
+    if not files:
+        raise ExportError(f"{folder}: no images for calibration")
+    chosen = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).astype(int)]
+    images, skipped = [], 0
+    for path in dict.fromkeys(chosen):
+        try:
+            images.append(load_image(path, source.input_size))
+        except ImageError as error:
+            skipped += 1
+            print(f"calibration: skipped {error}", file=sys.stderr)
+    if not images:
+        raise ExportError(f"{folder}: none of its images could be read for calibration")
+    description = {"folder": str(folder), "images": len(images), "skipped": skipped,
+                   "selection": f"evenly spaced over {len(files)} sorted files"}
+    return np.stack(images), description

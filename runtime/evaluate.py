@@ -1,0 +1,67 @@
+"""Labels from model outputs, and how good they are: one implementation for the device,
+the parity check, the benchmark and training.
+
+Truth comes from class folders: a photo's label is the name of the folder it sits in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from runtime.preprocess import list_images
+
+UNSURE = "unsure"
+
+
+def decide(outputs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Class indices for model outputs: P(class 1) of a sigmoid head ([N] or [N, 1]) against
+    `threshold`, or the argmax of softmax rows [N, k]."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim == 1 or outputs.shape[-1] == 1:
+        return (outputs.reshape(len(outputs)) >= threshold).astype(np.int32)
+    return outputs.argmax(axis=-1).astype(np.int32)
+
+
+def scores_of(output: np.ndarray | float, labels: list[str]) -> dict[str, float]:
+    """label -> probability for one image's output (a sigmoid's P(class 1), or a softmax row)."""
+    if np.size(output) == 1:
+        p = float(np.ravel(output)[0])
+        return {labels[0]: 1.0 - p, labels[1]: p}
+    return {name: float(v) for name, v in zip(labels, np.ravel(output))}
+
+
+def accuracy(truth: np.ndarray, predicted: np.ndarray) -> float | None:
+    """Share of predictions equal to the truth; None when there is nothing to score."""
+    truth, predicted = np.asarray(truth), np.asarray(predicted)
+    return float((truth == predicted).mean()) if len(truth) else None
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int
+                     ) -> list[list[int]]:
+    """Rows are true classes, columns predicted classes."""
+    matrix = np.zeros((num_classes, num_classes), dtype=int)
+    np.add.at(matrix, (np.asarray(truth, int), np.asarray(predicted, int)), 1)
+    return matrix.tolist()
+
+
+def confusion_text(labels: list[str], matrix: list[list[int]]) -> str:
+    """The matrix as aligned text, rows true, columns predicted."""
+    width = max(map(len, labels)) + 2
+    lines = ["confusion (rows true, columns predicted):",
+             " " * width + "".join(f"{name:>{width}}" for name in labels)]
+    lines += [f"{name:<{width}}" + "".join(f"{n:>{width}}" for n in row)
+              for name, row in zip(labels, matrix)]
+    return "\n".join(lines)
+
+
+def true_class(path: Path, labels: list[str]) -> int:
+    """The index of the class folder `path` sits in, or -1 when it is not one of `labels`."""
+    return labels.index(path.parent.name) if path.parent.name in labels else -1
+
+
+def labelled_images(folder: Path, labels: list[str]) -> tuple[list[Path], np.ndarray]:
+    """Every image under `folder`, sorted, and the class index of each (-1: not a class)."""
+    files = list_images(folder)
+    return files, np.array([true_class(path, labels) for path in files], dtype=int)

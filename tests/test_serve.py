@@ -1,0 +1,303 @@
+"""runtime/serve: a real server process on loopback, a video file as its camera, real HTTP."""
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import REPO
+
+from runtime.classifier import Classifier
+from runtime.hotswap import HotModel
+
+PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def video(real_data, tmp_path_factory) -> Path:
+    """20 frames at 320x240, cats then dogs, 10 frames a second."""
+    path = tmp_path_factory.mktemp("serve-video") / "pets.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for index in range(20):
+        kind = "cats/cat" if index < 10 else "dogs/dog"
+        frame = cv2.imread(str(real_data / "test" / f"{kind}.{1501 + index}.jpg"))
+        writer.write(cv2.resize(frame, (320, 240)))
+    writer.release()
+    return path
+
+
+class Server:
+    def __init__(self, *args, env=None):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "runtime" / "serve"), *map(str, args), "--port",
+             str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})})
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(self.process.stderr.read())
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("server did not start")
+
+    def request(self, path, data=None, headers=None, method=None):
+        """(status, headers, body) of one request; HTTP errors are answers, not exceptions."""
+        request = urllib.request.Request(self.url + path, data=data, headers=headers or {},
+                                         method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers, error.read()
+
+    def json(self, path, **kwargs):
+        status, _, body = self.request(path, **kwargs)
+        return status, json.loads(body)
+
+    def stop(self) -> str:
+        self.process.terminate()
+        _, stderr = self.process.communicate(timeout=20)
+        return stderr
+
+
+@pytest.fixture(scope="module")
+def server(shipped, video, tmp_path_factory):
+    model = tmp_path_factory.mktemp("serve-model") / "current.tflite"
+    shutil.copy(shipped / "plus_int8.tflite", model)
+    running = Server(model, "--camera", video, "--max-body", "1")
+    running.model = model
+    yield running
+    log = running.stop()
+    assert "Traceback" not in log, log
+
+
+def wait_for(check, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_api_classifies_raw_and_multipart_bodies_like_the_python_api(server, shipped):
+    expected = Classifier(shipped / "plus_int8.tflite").predict(PHOTO)
+    status, raw = server.json("/api/classify", data=PHOTO.read_bytes())
+    assert status == 200 and raw["label"] == expected.label
+    assert raw["scores"] == pytest.approx(expected.scores) and raw["ms"] > 0
+    boundary = "edgeconvtest"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"cat.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + \
+        PHOTO.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    status, form = server.json("/api/classify", data=body, headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200 and form["scores"] == raw["scores"]
+
+
+def test_bad_requests_get_json_errors_and_no_traceback(server):
+    status, answer = server.json("/api/classify", data=b"<html>not a photo</html>")
+    assert status == 400 and answer["error"] == "not an image"
+    status, answer = server.json("/api/classify", data=PHOTO.read_bytes()[:300])
+    assert status == 400 and "corrupt or truncated" in answer["error"]
+    status, answer = server.json("/nope")
+    assert status == 404 and "no route /nope" in answer["error"]
+    status, headers, _ = server.request("/api/classify")  # GET on a POST route
+    assert status == 405 and headers["Allow"] == "POST"
+    status, answer = server.json("/healthz", data=b"x", method="DELETE")
+    assert status == 405
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.putrequest("POST", "/api/classify")
+    connection.putheader("Content-Length", str(50_000_000))  # over the 1 MB limit set
+    connection.endheaders()  # and not one byte of the body is sent
+    response = connection.getresponse()
+    assert response.status == 413 and "over the 1000000-byte limit" in response.read().decode()
+    connection.close()
+
+
+def test_page_info_metrics_events_and_stream(server):
+    status, headers, page = server.request("/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b"/stream.mjpg" in page and b"EventSource" in page
+    assert b"http://" not in page and b"https://" not in page  # no external assets
+    assert wait_for(lambda: server.json("/api/info")[1]["frames"] >= 3)
+    status, info = server.json("/api/info")
+    assert info["camera"] and info["engine"] == "litert" and info["p50_ms"] > 0
+    assert info["metadata"]["labels"] == ["cats", "dogs"]
+
+    with urllib.request.urlopen(server.url + "/events", timeout=10) as events:
+        lines = [events.readline() for _ in range(6)]
+    data = [json.loads(line[6:]) for line in lines if line.startswith(b"data: ")]
+    assert data and {"frame", "label", "score", "scores", "ms", "fps"} <= set(data[0])
+
+    with urllib.request.urlopen(server.url + "/stream.mjpg", timeout=10) as stream:
+        assert "multipart/x-mixed-replace" in stream.headers["Content-Type"]
+        head = stream.read(200_000)
+    assert head.startswith(b"--frame\r\nContent-Type: image/jpeg")
+    first = head.index(b"\xff\xd8")
+    jpeg = head[first:head.index(b"\xff\xd9", first) + 2]
+    assert cv2.imdecode(__import__("numpy").frombuffer(jpeg, "uint8"), 1).shape == (240, 320, 3)
+
+    _, _, metrics = server.request("/metrics")
+    text = metrics.decode()
+    frames = int(next(line.split()[1] for line in text.splitlines()
+                      if line.startswith("edgeconv_frames_total")))
+    assert frames >= 3 and 'edgeconv_inference_ms_bucket{le="+Inf"}' in text
+    assert 'edgeconv_requests_total{route="/api/info",code="200"}' in text
+
+
+def test_a_stalled_client_blocks_neither_the_camera_nor_other_clients(server):
+    stalled = socket.create_connection(("127.0.0.1", server.port))
+    stalled.sendall(b"POST /api/classify HTTP/1.1\r\nContent-Length: 5000\r\n\r\nabc")
+    viewer = socket.create_connection(("127.0.0.1", server.port))
+    viewer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    viewer.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+    try:
+        before = server.json("/api/info")[1]["frames"]
+        started = time.monotonic()
+        assert server.json("/healthz")[0] == 200
+        assert time.monotonic() - started < 2
+        assert wait_for(lambda: server.json("/api/info")[1]["frames"] >= before + 10)
+    finally:
+        stalled.close()
+        viewer.close()
+
+
+def test_a_replaced_model_is_swapped_in_and_a_broken_one_refused(server, shipped, tmp_path):
+    def replace_with(data: bytes):
+        incoming = server.model.with_name(".incoming.tflite")
+        incoming.write_bytes(data)
+        os.replace(incoming, server.model)  # as deploy does
+
+    events = urllib.request.urlopen(server.url + "/events", timeout=20)
+    before = server.json("/api/info")[1]
+    replace_with(b"TFL3 but not a model at all")
+    assert wait_for(lambda: server.json("/api/info")[1]["model_refused"] == 1)
+    status, still = server.json("/api/classify", data=PHOTO.read_bytes())
+    assert status == 200 and server.json("/api/info")[1]["model_swaps"] == 0
+    assert still["scores"] == pytest.approx(
+        Classifier(shipped / "plus_int8.tflite").predict(PHOTO).scores)
+
+    replace_with((shipped / "augmented_int8.tflite").read_bytes())
+    assert wait_for(lambda: server.json("/api/info")[1]["model_swaps"] == 1)
+    after = server.json("/api/info")[1]
+    assert after["metadata"]["source_model"]["sha256"] != \
+        before["metadata"]["source_model"]["sha256"]
+    expected = Classifier(shipped / "augmented_int8.tflite").predict(PHOTO)
+    assert server.json("/api/classify", data=PHOTO.read_bytes())[1]["scores"] == \
+        pytest.approx(expected.scores)
+    lines = [events.readline() for _ in range(8)]  # the viewer connected before still reads
+    assert any(line.startswith(b"data: ") for line in lines)
+    events.close()
+
+
+def test_another_address_needs_a_token_kept_with_0600(shipped, tmp_path):
+    token_file = tmp_path / "config" / "token"
+    running = Server(shipped / "plus_int8.tflite", "--host", "0.0.0.0", "--token-file",
+                     token_file)
+    try:
+        token = token_file.read_text().strip()
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and len(token) >= 24
+        assert running.json("/healthz")[0] == 200  # open, for probes
+        status, answer = running.json("/api/info")
+        assert status == 401 and "token required" in answer["error"]
+        assert running.request("/", headers={"Authorization": "Bearer wrong"})[0] == 401
+        status, _ = running.json("/api/info", headers={"Authorization": f"Bearer {token}"})
+        assert status == 200
+        connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
+        connection.request("GET", f"/?token={token}")
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 303 and response.getheader("Location") == "/"
+        cookie = response.getheader("Set-Cookie").split(";")[0]
+        assert "HttpOnly" in response.getheader("Set-Cookie")
+        assert running.request("/", headers={"Cookie": cookie})[0] == 200
+        assert running.request("/stream.mjpg", headers={"Cookie": cookie})[0] == 404  # no camera
+    finally:
+        log = running.stop()
+    assert f"token (kept in {token_file}, mode 0600): {token}" in log
+
+
+def test_usage_errors_are_one_line(shipped, tmp_path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"nope")
+    for args, message in (([bad], "error: "), ([shipped / "plus_int8.tflite", "--port", "0"],
+                                                "--port must be 1-65535")):
+        result = subprocess.run([sys.executable, str(REPO / "runtime" / "serve"),
+                                 *map(str, args)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_hot_model_refuses_a_broken_file_and_swaps_a_good_one(shipped, tmp_path):
+    path = tmp_path / "current.tflite"
+    shutil.copy(shipped / "plus_int8.tflite", path)
+    logged = []
+    hot = HotModel(path, Classifier, interval=0, log=logged.append)
+    first = hot.classifier
+    assert not hot.poll()  # unchanged
+    path.write_bytes((shipped / "plus_int8.tflite").read_bytes()[:1000])
+    assert not hot.poll() and hot.classifier is first and hot.refused == 1
+    assert "new file refused" in logged[-1]
+    shutil.copy(shipped / "augmented_int8.tflite", tmp_path / "next.tflite")
+    os.replace(tmp_path / "next.tflite", path)
+    assert hot.poll() and hot.classifier is not first and hot.swaps == 1
+    assert "swapped in" in logged[-1]
+
+
+@pytest.mark.system
+def test_chromium_shows_the_live_label(server):
+    from browser import Browser
+
+    browser = Browser(server.url + "/")
+    try:
+        label = browser.wait_for("document.getElementById('stream') && "
+                                 "document.getElementById('label').textContent !== '-' && "
+                                 "document.getElementById('label').textContent")
+        shown = browser.evaluate("document.getElementById('score').textContent")
+        model = browser.evaluate("document.getElementById('model').textContent")
+        frame_width = browser.wait_for("document.getElementById('stream').naturalWidth")
+    finally:
+        browser.close()
+    recent = server.json("/api/history")[1]["predictions"]  # the last 2 s of frames
+    assert label in {p["label"] for p in recent}
+    assert any(shown == "  ".join(f"{name} {score:.2f}" for name, score in sorted(
+        p["scores"].items(), key=lambda item: -item[1])) for p in recent), shown
+    assert "current.tflite" in model and "litert" in model
+    assert frame_width == 320  # the MJPEG stream is showing
+
+
+@pytest.mark.slow
+def test_load_benchmark_prints_its_figures(shipped, real_data):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "devices" / "bench_serve.py"), shipped / "plus_int8.tflite",
+         real_data / "test" / "cats", "--clients", "2", "--requests", "30", "--viewers", "2",
+         "--seconds", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| serve POST /api/classify, 2 clients |" in result.stdout
+    assert "0 failed requests" in result.stdout
+    ratio = float(result.stdout.split("with 2 viewers: ")[1].split("x")[0])
+    assert ratio > 0

@@ -1,0 +1,204 @@
+"""One training run, start to finish: plan it, fit it with a checkpoint per epoch, evaluate it.
+
+`train(options)` reads top to bottom: the run's settings (a resumed run keeps its own), the
+data, a new or resumed model, the fit, then the float32 model, metrics and curves.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.evaluate import accuracy, confusion_matrix, decide
+from runtime.files import atomic_path, write_json
+from train.backend import import_keras
+from train.dataset import DataError, find_dataset, load_split, resolve_data
+from train.recipes import RECIPES, with_settings
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class Options:
+    """What the user asked for; None means the recipe's (or a resumed run's) own value."""
+
+    out: Path
+    data: Path | None = None
+    recipe: str | None = None
+    settings: dict = field(default_factory=dict)
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    limit: int | None = None
+    precision: str = "auto"
+    resume: bool = False
+    verbose: int | None = None
+
+
+def train(options: Options) -> int:
+    """Train (or resume) the run in options.out; 0 when finished, 130 when interrupted."""
+    previous = previous_run(options.out, options.resume)
+    config, recipe, dataset = plan(options, previous)
+    if previous and (options.out / "metrics.json").exists() \
+            and previous["epochs"] == config["epochs"]:
+        print(f"{options.out}: run already complete ({config['epochs']} epochs); nothing to do")
+        return 0
+    options.out.mkdir(parents=True, exist_ok=True)
+    write_json(options.out / RUN_FILE, config)
+    print(f"data {config['data']}: classes {dataset.classes}, images per class "
+          f"{ {split: dataset.counts(split) for split in dataset.splits} }")
+    train_set, validation_set = load_split(dataset, "train"), load_split(dataset, "validation")
+    steps = recipe.steps_per_epoch(len(train_set[0]), config["batch_size"])
+    model, state = start_or_resume(options.out, config, recipe, steps, resumed=bool(previous))
+
+    from train import trainer
+
+    keras = import_keras()
+    print(f"recipe {recipe.name}: {config['epochs']} epochs, batch {config['batch_size']}, "
+          f"precision {config['precision']}, backend {keras.backend.backend()}")
+    verbose = options.verbose if options.verbose is not None else (
+        1 if sys.stdout.isatty() else 2)
+    try:
+        trainer.fit(options.out, model, state, train_set, validation_set, recipe,
+                    config["epochs"], config["batch_size"], config["seed"], verbose=verbose)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {state['epoch']} of {config['epochs']} epochs are saved in "
+              f"{options.out}; continue with: python train/run.py --out {options.out} --resume",
+              file=sys.stderr)
+        return 130
+    metrics = finish(options.out, model, state, config, recipe, dataset, validation_set, steps)
+    print(f"test accuracy {metrics['test_accuracy']:.4f}, validation "
+          f"{metrics['val_accuracy']:.4f} | {config['epochs']} epochs in "
+          f"{metrics['train_seconds']:.0f} s, {metrics['images_per_second']:.0f} images/s | "
+          f"{options.out / 'model.keras'}")
+    return 0
+
+
+def previous_run(out: Path, resume: bool) -> dict | None:
+    """The run.json already in `out`, or None for a fresh run; errors for a folder in use."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose another --out")
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        if not resume:
+            finished = (out / "metrics.json").exists()
+            raise DataError(f"{out}: already holds a {'finished' if finished else 'started'} "
+                            "run; pass --resume to continue it, or choose another --out")
+        return json.loads(run_file.read_text())
+    if out.is_dir() and any(out.iterdir()):
+        raise DataError(f"{out}: folder is not empty and holds no edgeconv run; "
+                        "choose another --out")
+    return None
+
+
+def plan(options: Options, previous: dict | None):
+    """(config, recipe, dataset): the options, filled from the previous run, then defaults."""
+    previous = previous or {}
+
+    def chosen(name: str, default=None):
+        value = getattr(options, name)
+        return value if value is not None else previous.get(name, default)
+
+    recipe_name = options.recipe or previous.get("recipe") or "baseline"
+    settings = options.settings or previous.get("settings") or {}
+    recipe = with_settings(RECIPES[recipe_name], settings)
+    data = resolve_data(options.data or (Path(previous["data"]) if previous else None))
+    dataset = find_dataset(data, limit=chosen("limit"))
+    from train.model import INPUT_SHAPE  # imports Keras: after the data errors, which are quick
+
+    precision = options.precision
+    if precision == "auto":
+        from train.environment import auto_precision
+
+        import_keras()
+        precision = previous.get("precision") or auto_precision()
+    config = {
+        "recipe": recipe.name,
+        "settings": settings or None,
+        "epochs": chosen("epochs") or recipe.epochs,
+        "batch_size": chosen("batch_size") or recipe.batch_size,
+        "seed": chosen("seed", 0),
+        "limit": chosen("limit"),
+        "precision": precision,
+        "data": str(data.resolve()),
+        "classes": dataset.classes,
+        "input_shape": list(INPUT_SHAPE),
+    }
+    for key, value in config.items():
+        if previous and key != "epochs" and previous.get(key) != value:
+            raise DataError(f"{options.out}: holds a different run ({key} "
+                            f"{previous.get(key)!r}, not {value!r}); choose another --out")
+    return config, recipe, dataset
+
+
+def start_or_resume(out: Path, config: dict, recipe, steps: int, resumed: bool):
+    """(model, state): the last checkpoint of a resumed run, else a new compiled model."""
+    from train import trainer
+    from train.augment import RandomAffine  # noqa: F401  (registers the layer for loading)
+
+    keras = import_keras()
+    state_file = out / trainer.STATE_FILE
+    state = json.loads(state_file.read_text()) if resumed and state_file.exists() else None
+    if state and state.get("checkpoint"):
+        model = keras.saving.load_model(out / state["checkpoint"])
+        print(f"resuming {out} at epoch {state['epoch'] + 1} of {config['epochs']}")
+    else:
+        state = {"epoch": 0, "checkpoint": None, "history": {}, "train_seconds": 0.0}
+        model = trainer.new_training_model(
+            recipe, len(config["classes"]), config["precision"], config["seed"],
+            tuple(config["input_shape"]), steps, config["epochs"])
+    keras.utils.set_random_seed(config["seed"] + state["epoch"])
+    return model, state
+
+
+def predict_labels(model, images):
+    """Class indices the Keras model gives uint8 images (threshold 0.5, as exports record)."""
+    import numpy as np
+
+    return decide(np.asarray(model.predict(images, batch_size=64, verbose=0), np.float64))
+
+
+def finish(out: Path, model, state: dict, config: dict, recipe, dataset, validation_set,
+           steps: int) -> dict:
+    """Save the float32 model, score it on validation and test, write metrics and curves."""
+    from train import trainer
+    from train.environment import environment
+    from train.model import count_macs
+    from train.plots import plot_curves
+
+    started = time.monotonic()
+    final = trainer.inference_model(model, recipe, len(dataset.classes),
+                                    tuple(config["input_shape"]))
+    with atomic_path(out / "model.keras") as tmp:
+        final.save(tmp)
+    test_images, test_truth = load_split(dataset, "test")
+    test_labels = predict_labels(final, test_images)
+    samples = steps * config["batch_size"] * config["epochs"]
+    metrics = {
+        **config,
+        "recipe_definition": recipe.as_dict(),
+        "params": final.count_params(),
+        "macs_per_image": count_macs(final),
+        "train_images": sum(dataset.counts("train")),
+        "steps_per_epoch": steps,
+        "val_accuracy": accuracy(validation_set[1], predict_labels(final, validation_set[0])),
+        "best_val_accuracy": max(state["history"].get("val_accuracy", [0.0])),
+        "test_accuracy": accuracy(test_truth, test_labels),
+        "confusion_matrix": confusion_matrix(test_truth, test_labels, len(dataset.classes)),
+        "train_seconds": round(state["train_seconds"], 2),
+        "images_per_second": round(samples / max(state["train_seconds"], 1e-9), 1),
+        "evaluate_seconds": round(time.monotonic() - started, 2),
+        **environment(),
+    }
+    write_json(out / "history.json", state["history"])
+    plot_curves(state["history"], out / "curves.png",
+                f"{recipe.name}: test accuracy {metrics['test_accuracy']:.3f}")
+    write_json(out / "metrics.json", metrics)
+    if state.get("checkpoint"):  # the finished model replaces the resumable checkpoint
+        (out / state["checkpoint"]).unlink(missing_ok=True)
+        state["checkpoint"] = None
+        write_json(out / trainer.STATE_FILE, state)
+    return metrics
