@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
 
 from export import ship  # noqa: E402
+from export.source import ExportError  # noqa: E402
 from runtime.files import atomic_path, write_json  # noqa: E402
 from runtime.tables import markdown_table, percent  # noqa: E402
 from train import session  # noqa: E402
@@ -169,49 +170,51 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown recipe {unknown[0]!r}; choose from {', '.join(RECIPES)}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
-        data = resolve_data(args.data)
     except ValueError:
         parser.error("--seeds takes integers, e.g. 0,1,2")
-    except DataError as error:
+    recipe_option = [] if args.recipes == parser.get_default("recipes") else [
+        "--recipes", args.recipes]
+    try:
+        return reproduce(args, recipes, seeds, recipe_option)
+    except (DataError, ExportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def reproduce(args: argparse.Namespace, recipes: list[str], seeds: list[int],
+              recipe_option: list[str]) -> int:
+    """Train what is missing, export and check the best runs, ship them if asked, write docs."""
+    data = resolve_data(args.data)
     args.docs.parent.mkdir(parents=True, exist_ok=True)
     options = {"precision": args.precision, "epochs": args.epochs, "limit": args.limit}
     flags = [f"--{key} {value}" for key, value in options.items()
              if value is not None and value != "auto"]
-    try:
-        finished = train_all(data, args.out, recipes, seeds, options, train=not args.no_train)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    finished = train_all(data, args.out, recipes, seeds, options, train=not args.no_train)
     if not finished:
         print(f"error: no finished runs in {args.out}", file=sys.stderr)
         return 2
-    exported = {}
+    checked = {}
     for recipe, runs in finished.items():
         if RECIPES[recipe].augment is None:
             continue  # the overfitting baseline is a reference point, not a model to deploy
         best = Path(max(runs, key=lambda run: run["val_accuracy"])["run_dir"])
-        exported[recipe] = {"run": best.name, "parity": ship.export_and_check(best, data / "test")}
-    recipe_option = [] if args.recipes == parser.get_default("recipes") else [
-        "--recipes", args.recipes]
-    command = " ".join(["python export/reproduce.py --data DIR", *recipe_option,
-                        "--seeds", args.seeds, *flags])
+        checked[best] = ship.export_and_check(best, data / "test")
     if args.models:
-        ship.ship_runs([args.out / export["run"] for export in exported.values()], args.models)
+        ship.ship_runs(checked, args.models)
+    exported = {json.loads((run / "run.json").read_text())["recipe"]: {
+        "run": run.name, "parity": [{k: v for k, v in row.items() if k != "flips"}
+                                    for row in rows]} for run, rows in checked.items()}
     summary = summarize(finished)
     figure = args.docs.with_name("results_curves.png")
     curves_figure(finished, figure)
-    for export in exported.values():
-        for row in export["parity"]:
-            row.pop("flips", None)
     write_json(args.docs.with_name("results.json"), {
         "recipes": summary, "exported": exported,
         "recipe_definitions": {name: RECIPES[name].as_dict() for name in recipes}})
+    command = " ".join(["python export/reproduce.py --data DIR", *recipe_option,
+                        "--seeds", args.seeds, *flags])
     write_markdown(args.docs, summary, exported, command, figure)
     print(f"wrote {args.docs}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

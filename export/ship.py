@@ -71,14 +71,14 @@ def commands(run_dir: Path, models: Path) -> list[str]:
     return [train, f"python export/ship.py {run_dir} --models {models}"]
 
 
-def ship_runs(run_dirs: list[Path], models: Path, photos: Path | None = None) -> dict:
-    """Check, copy and describe each run; returns the index entries written."""
+def ship_runs(checked: dict[Path, list[dict]], models: Path) -> dict:
+    """Copy and describe each run, given its parity rows (`export_and_check`); returns the
+    index entries written."""
     entries = {}
-    for run_dir in run_dirs:
-        rows = export_and_check(run_dir, photos)
-        entry = ship(run_dir, rows, models, keras=json.loads(
-            (run_dir / "run.json").read_text())["recipe"] == "plus",
-            commands=commands(run_dir, models))
+    for run_dir, rows in checked.items():
+        recipe = json.loads((run_dir / "run.json").read_text())["recipe"]
+        entry = ship(run_dir, rows, models, keras=recipe == "plus",
+                     commands=commands(run_dir, models))
         entries[entry["recipe"]] = entry
     write_cards(models, entries)
     return entries
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         for run_dir in args.run_dirs:
             if not (run_dir / "metrics.json").exists():
                 raise ExportError(f"{run_dir}: not a finished run (no metrics.json)")
-        entries = ship_runs(args.run_dirs, args.models, args.data)
+        entries = ship_runs({run_dir: export_and_check(run_dir, args.data)
+                             for run_dir in args.run_dirs}, args.models)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

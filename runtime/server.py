@@ -120,6 +120,10 @@ class Live:
             self.history.append(event)
             self.changed.notify_all()
 
+    def add_viewer(self, change: int) -> None:
+        with self.changed:
+            self.viewers += change
+
     def next(self, after: int, timeout: float) -> tuple[int, bytes | None, dict | None]:
         """Wait up to `timeout` for something newer than `after`; (sequence, jpeg, event)."""
         with self.changed:
@@ -330,7 +334,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.app.stats.request(self.route, 200)
         self.close_connection = True
-        self.app.live.viewers += 1
+        self.app.live.add_viewer(+1)
         try:
             sequence = 0
             while not self.app.stop.is_set():
@@ -340,7 +344,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                  + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
         finally:
-            self.app.live.viewers -= 1
+            self.app.live.add_viewer(-1)
 
     def events(self) -> None:
         self.send_response(200)
