@@ -41,8 +41,10 @@ class Classifier:
     """
 
     def __init__(self, model: str | os.PathLike, engine: str = "auto",
-                 threads: int | None = None, min_score: float | None = None):
+                 threads: int | None = None, min_score: float | None = None,
+                 fast_jpeg: bool = True):
         self.path = model
+        self.fast_jpeg = fast_jpeg  # large JPEGs decoded at a reduced DCT scale (load_image)
         self.metadata = read_metadata(model)
         try:
             self.labels: list[str] = list(self.metadata["labels"])
@@ -69,7 +71,7 @@ class Classifier:
 
     def predict_batch(self, sources: Iterable[ImageSource]) -> list[Prediction]:
         started = time.perf_counter()
-        images = np.stack([load_image(source, self.size) for source in sources])
+        images = np.stack([self.load(source) for source in sources])
         outputs = self.probabilities(images)
         ms = (time.perf_counter() - started) * 1000 / len(images)
         return [self.decide(output, ms) for output in outputs]
@@ -107,10 +109,14 @@ class Classifier:
     def _timed_load(self, source: ImageSource) -> tuple[np.ndarray | ImageError, float]:
         started = time.perf_counter()
         try:
-            image = load_image(source, self.size)
+            image = self.load(source)
         except ImageError as error:
             return error, 0.0
         return image, time.perf_counter() - started
+
+    def load(self, source: ImageSource) -> np.ndarray:
+        """`source` as this model's input: uint8 RGB at its size (runtime.preprocess)."""
+        return load_image(source, self.size, self.fast_jpeg)
 
     def decide(self, output: np.ndarray | float, ms: float = 0.0) -> Prediction:
         """One image's output -> its label ("unsure" under min_score), score and scores."""

@@ -31,7 +31,7 @@ from PIL import Image
 
 from runtime.camera import classified_frames, file_fps, is_live
 from runtime.hotswap import HotModel
-from runtime.preprocess import ImageError, load_image
+from runtime.preprocess import ImageError
 
 PAGE = Path(__file__).with_name("page.html")
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 250, 500, 1000)
@@ -305,7 +305,7 @@ class Handler(BaseHTTPRequestHandler):
             data = self.image_bytes(body)
             classifier = self.app.model.classifier
             started = time.perf_counter()
-            image = load_image(data, classifier.size)
+            image = classifier.load(data)
             output = classifier.probabilities(image[None])[0]
             prediction = classifier.decide(output, (time.perf_counter() - started) * 1000)
         except ImageError as error:

@@ -184,3 +184,19 @@ def test_eval_prints_accuracy_and_confusion_that_match_the_lines(shipped, real_d
     assert f"accuracy {correct / 1000:.4f} on 1000 images" in result.stderr
     assert f"{'cats':<6}{confusion[0][0]:>6}{confusion[0][1]:>6}" in result.stderr
     assert f"{'dogs':<6}{confusion[1][0]:>6}{confusion[1][1]:>6}" in result.stderr
+
+
+def test_large_photos_get_the_same_label_with_the_fast_decode(shipped, real_data, tmp_path):
+    photos = sorted((real_data / "test" / "dogs").iterdir())[:6] + sorted(
+        (real_data / "test" / "cats").iterdir())[:6]
+    for photo in photos:
+        Image.open(photo).convert("RGB").resize((3000, 2250)).save(tmp_path / photo.name,
+                                                                  "JPEG", quality=90)
+    fast = run_script("runtime/classify", shipped / "plus_int8.tflite", tmp_path, "--json")
+    full = run_script("runtime/classify", shipped / "plus_int8.tflite", tmp_path, "--json",
+                      "--full-decode")
+    assert fast.returncode == full.returncode == 0, fast.stderr + full.stderr
+    fast_lines = [json.loads(line) for line in fast.stdout.splitlines()]
+    full_lines = [json.loads(line) for line in full.stdout.splitlines()]
+    assert [line["label"] for line in fast_lines] == [line["label"] for line in full_lines]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(fast_lines, full_lines)) < 0.1

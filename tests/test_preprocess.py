@@ -106,3 +106,26 @@ def test_bad_inputs_raise_one_line_image_errors(tmp_path, content, reason):
 def test_missing_file_raises_image_error(tmp_path):
     with pytest.raises(ImageError, match="cannot read"):
         load_image(tmp_path / "nope.jpg")
+
+
+def test_small_jpegs_take_the_full_decode_path_unchanged(real_data):
+    from runtime.preprocess import open_image
+
+    for photo in sorted((real_data / "test" / "cats").iterdir())[:20]:
+        assert open_image(photo, 150).size == Image.open(photo).size  # no reduced decode
+        assert np.array_equal(load_image(photo), load_image(photo, fast_jpeg=False))
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_stays_close(real_data):
+    from runtime.preprocess import open_image
+
+    photo = real_data / "test" / "dogs" / "dog.1501.jpg"
+    buffer = io.BytesIO()
+    Image.open(photo).convert("RGB").resize((2400, 1800)).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    assert open_image(data, 150).size == (600, 450)  # 1/4: still twice 150 on each side
+    assert open_image(data, 300).size == (1200, 900)  # 1/2 for a 300-pixel model
+    assert open_image(data).size == (2400, 1800)
+    fast, full = load_image(data), load_image(data, fast_jpeg=False)
+    assert fast.shape == full.shape == (150, 150, 3)
+    assert np.abs(fast.astype(int) - full).mean() < 1.0

@@ -23,7 +23,7 @@ from runtime.progress import progress
 SPLITS = ("train", "validation", "test")
 DEFAULT_DATA = Path("data/cats_and_dogs_small")
 PREPARE_COMMAND = "python train/prepare_data.py --download --out data/cats_and_dogs_small"
-_CACHE_VERSION = "1"  # bump when runtime.preprocess changes what load_image returns
+_CACHE_VERSION = "2"  # bump when runtime.preprocess changes what load_image returns
 
 
 class DataError(Exception):
