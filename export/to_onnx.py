@@ -22,7 +22,7 @@ from export.metadata import build_metadata  # noqa: E402
 from export.source import ExportError, Source, calibration_set  # noqa: E402
 from runtime.files import atomic_path  # noqa: E402
 from runtime.metadata import METADATA_KEY  # noqa: E402
-from train.backend import native_stderr_silenced  # noqa: E402
+from runtime.quiet import native_stderr_silenced  # noqa: E402
 
 QUANTIZATIONS = ("float32", "int8")
 

@@ -47,17 +47,28 @@ class Classifier:
         self.fast_jpeg = fast_jpeg  # large JPEGs decoded at a reduced DCT scale (load_image)
         self.metadata = read_metadata(model)
         try:
-            self.labels: list[str] = list(self.metadata["labels"])
-            self.size: tuple[int, int] = tuple(self.metadata["input"]["shape"][1:3])
-            output = self.metadata["output"]
-        except (KeyError, TypeError, IndexError):
+            self.labels: list[str] = [str(label) for label in self.metadata["labels"]]
+            shape = self.metadata["input"]["shape"]
+            output = dict(self.metadata["output"])
+        except (KeyError, TypeError, ValueError):
             raise ModelFileError(f"{model}: edgeconv metadata lacks labels, input or output"
                                  ) from None
+        if not (isinstance(shape, list) and len(shape) == 4 and shape[3] == 3 and all(
+                isinstance(n, int) and n > 0 for n in shape)) or len(self.labels) < 2:
+            raise ModelFileError(f"{model}: edgeconv metadata has input shape {shape!r} and "
+                                 f"{len(self.labels)} labels; expected [1, h, w, 3] and two "
+                                 "or more")
+        self.size: tuple[int, int] = (shape[1], shape[2])
         self.threshold: float = output.get("threshold") or 0.5
         self.min_score: float = (min_score if min_score is not None
                                  else output.get("min_score") or 0.0)
         self.engine = open_engine(model, engine, threads)
         self._engine_lock = threading.Lock()  # engines are not thread-safe; decoding is
+        expected = (*self.size, 3)
+        if any(n not in (e, -1) for n, e in zip(self.engine.image_shape, expected)) or \
+                len(self.engine.image_shape) != 3:
+            raise ModelFileError(f"{model}: its metadata says input {list(expected)}, the model "
+                                 f"itself takes {list(self.engine.image_shape)}")
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Model outputs for uint8 images [N, h, w, 3]: P(class 1) [N] for a sigmoid head,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.metadata import ModelFileError, model_kind
+from runtime.quiet import native_stderr_silenced, one_line
 
 TFLITE_ENGINES = ("litert", "tflite-runtime")
 ENGINES = (*TFLITE_ENGINES, "onnxruntime")
@@ -36,13 +37,15 @@ class TFLiteEngine:
             from tflite_runtime.interpreter import Interpreter
         self.name, self.threads = name, threads
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with native_stderr_silenced():  # XNNPACK's "INFO: Created ..." and its complaints
+                self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
-            raise EngineError(f"{path}: {name} cannot load it ({error})") from None
+            raise EngineError(f"{path}: {name} cannot load it ({one_line(error)})") from None
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.batch = int(self.input["shape"][0])
+        self.image_shape = tuple(int(n) for n in self.input["shape"][1:])  # (h, w, 3)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         if len(images) != self.batch:
@@ -74,8 +77,10 @@ class OnnxEngine:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as error:  # ORT raises its own exception types for bad files
-            raise EngineError(f"{path}: onnxruntime cannot load it ({error})") from None
-        self.input_name = self.session.get_inputs()[0].name
+            raise EngineError(f"{path}: onnxruntime cannot load it ({one_line(error)})") from None
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.image_shape = tuple(n if isinstance(n, int) else -1 for n in first.shape[1:])
 
     def run(self, images: np.ndarray) -> np.ndarray:
         feed = {self.input_name: np.asarray(images, dtype=np.float32)}

@@ -8,8 +8,10 @@ turned into model input the same way everywhere. Scaling to [0, 1] happens insid
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -26,13 +28,15 @@ PREPROCESSING = {
     "input_range": [0, 255],
     "scaling": "in-model",
 }
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                    ".heic", ".heif", ".avif")  # listed so that unsupported ones are reported
 
 # Refuse images whose header claims more pixels than this before decoding them: a
 # decompression bomb must not take a small device's memory. 64 MP covers any camera photo.
 MAX_PIXELS = 64_000_000
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 
 
 class ImageError(ValueError):
@@ -86,13 +90,13 @@ def open_image(source: ImageSource, model_side: int | None = None) -> Image.Imag
         return source
     if isinstance(source, np.ndarray):
         return _from_array(source)
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
-    try:
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    except OSError as error:
-        raise ImageError(f"{name}: cannot read ({error.strerror or error})") from None
+    name = "<bytes>" if isinstance(source, bytes) else display(source)
+    data = source if isinstance(source, bytes) else read_regular_file(Path(source), name)
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        raise ImageError(f"{name}: HEIC/HEIF photos are not supported; convert them to JPEG "
+                         "(on a phone: Settings > Camera > Formats > Most Compatible)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns about odd EXIF; we report real faults
@@ -117,6 +121,34 @@ def open_image(source: ImageSource, model_side: int | None = None) -> Image.Imag
     return image
 
 
+def read_regular_file(path: Path, name: str) -> bytes:
+    """The bytes of a regular file; a FIFO, device, socket or broken link is an ImageError,
+    never a read that blocks or never ends."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ImageError(f"{name}: symbolic link loop") from None
+        if path.is_symlink():
+            raise ImageError(f"{name}: broken symbolic link") from None
+        raise ImageError(f"{name}: cannot read ({error.strerror or error})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
+                stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a folder"
+                if stat.S_ISDIR(mode) else "not a regular file")
+        raise ImageError(f"{name}: {kind}, not an image file")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ImageError(f"{name}: cannot read ({error.strerror or error})") from None
+
+
+def display(path: str | os.PathLike) -> str:
+    """A path as one printable line: newlines and bytes that are not UTF-8 escaped."""
+    text = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\n", "\\n").replace("\r", "\\r")
+
+
 def _from_array(pixels: np.ndarray) -> Image.Image:
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
@@ -133,6 +165,8 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:
-    """The image files in `folder` (and below it), sorted by path."""
+    """The entries named like images in `folder` (and below it, not following links to
+    folders), sorted by path. Broken links, FIFOs and the like are listed too, so that
+    load_image reports them instead of their vanishing in silence."""
     found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
-    return sorted(path for path in found if is_image_file(path) and path.is_file())
+    return sorted(path for path in found if is_image_file(path) and not path.is_dir())

@@ -129,3 +129,30 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_stays_close(real_data):
     fast, full = load_image(data), load_image(data, fast_jpeg=False)
     assert fast.shape == full.shape == (150, 150, 3)
     assert np.abs(fast.astype(int) - full).mean() < 1.0
+
+
+def test_special_files_are_reported_never_read_forever(tmp_path):
+    import os
+
+    from runtime.preprocess import list_images
+
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    (tmp_path / "broken.jpg").symlink_to(tmp_path / "missing.jpg")
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    (tmp_path / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 32)
+    expected = {"fifo.jpg": "a FIFO", "zero.jpg": "a device", "broken.jpg": "broken symbolic",
+                "a.jpg": "symbolic link loop", "b.jpg": "symbolic link loop",
+                "phone.heic": "HEIC/HEIF photos are not supported"}
+    assert [p.name for p in list_images(tmp_path)] == sorted(expected)
+    for name, message in expected.items():
+        with pytest.raises(ImageError, match=message):
+            load_image(tmp_path / name)
+
+
+def test_a_name_that_is_not_one_printable_line_is_escaped():
+    from runtime.preprocess import display
+
+    assert display("new\nline.jpg") == "new\\nline.jpg"
+    assert display(b"bad-\xff.jpg".decode("utf-8", "surrogateescape")) == "bad-\\udcff.jpg"

@@ -7,31 +7,10 @@ import errors still surface: they are Python exceptions, raised after stderr is 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-
-@contextmanager
-def native_stderr_silenced(python_stdout: bool = False) -> Iterator[None]:
-    """Send file descriptor 2 (and, if asked, Python's stdout) to /dev/null meanwhile."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        if python_stdout:
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-        else:
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+from runtime.quiet import native_stderr_silenced
 
 
 def import_keras():
@@ -41,3 +20,4 @@ def import_keras():
         with native_stderr_silenced():
             import keras  # noqa: F401
     return sys.modules["keras"]
+

@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Hostile input for runtime/classify: bad photos and mutated model files, each run in its own
+process with a timeout, tabulated (case, tried, crashes, hangs, wrong exits, lost).
+
+  python tests/reliability/hostile.py MODEL [MODEL ...] --photos DIR [--mutations 1000]
+                                      [--report docs/reliability.md]
+
+Photos: every case of `image_cases` in one folder beside good photos (each bad one must get a
+line naming it and why, each good one a label, exit 1), then each alone (exit 1 with that line,
+or 0 for a file that is a real image after all). Models: MUTATIONS mutated copies of each model
+(truncation, byte flips, corrupted or missing edgeconv metadata, a wrong input shape, the
+other format's suffix, garbage): exit 0 (still a valid model) or 2 with one `error:` line.
+A crash (signal), a traceback, any other exit, or no answer within the timeout is counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from runtime.preprocess import display  # noqa: E402
+from runtime.tables import markdown_table  # noqa: E402
+
+TIMEOUT = 60
+
+
+# --- photos ----------------------------------------------------------------------------------
+
+def _png(width: int, height: int, mode: str = "RGB") -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _bomb() -> bytes:
+    """A valid PNG header claiming 30,000 x 30,000 pixels, with a tiny compressed body."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data +
+                zlib.crc32(kind + data).to_bytes(4, "big"))
+    header = (30000).to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+            chunk(b"IDAT", zlib.compress(b"\0" * 10000)) + chunk(b"IEND", b""))
+
+
+def image_cases(good: Path) -> dict[str, Callable[[Path], None]]:
+    """name -> function writing that case at a path; `good` is a real JPEG to start from."""
+    from PIL import Image
+
+    photo = good.read_bytes()
+    rgb = Image.open(good).convert("RGB")
+
+    def saved(image, fmt, **options):
+        def write(path):
+            image.save(path, fmt, **options)
+        return write
+
+    def data(content: bytes):
+        return lambda path: path.write_bytes(content)
+
+    def oriented(value: int):
+        def write(path):
+            exif = Image.Exif()
+            exif[0x0112] = value
+            rgb.save(path, "JPEG", exif=exif)
+        return write
+
+    def animated(path):
+        frames = [rgb.convert("P"), rgb.rotate(90).convert("P")]
+        frames[0].save(path, "GIF", save_all=True, append_images=frames[1:])
+
+    def multipage(path):
+        rgb.save(path, "TIFF", save_all=True, append_images=[rgb.rotate(90)])
+
+    cases: dict[str, Callable[[Path], None]] = {
+        "zero-byte.jpg": data(b""),
+        "truncated-10.jpg": data(photo[: len(photo) // 10]),
+        "truncated-50.jpg": data(photo[: len(photo) // 2]),
+        "truncated-99.jpg": data(photo[: len(photo) * 99 // 100]),
+        "png-named.jpg": saved(rgb, "PNG"),
+        "html-named.jpg": data(b"<!doctype html><html><body>404 Not Found</body></html>"),
+        "svg-named.jpg": data(b'<svg xmlns="http://www.w3.org/2000/svg" width="10" '
+                              b'height="10"><rect width="10" height="10"/></svg>'),
+        "bomb.png": data(_bomb()),
+        "sixteen-bit.png": saved(Image.new("I;16", (64, 48), 40000), "PNG"),
+        "palette.png": saved(rgb.convert("P"), "PNG"),
+        "cmyk.jpg": saved(rgb.convert("CMYK"), "JPEG"),
+        "animated.gif": animated,
+        "multipage.tif": multipage,
+        "photo.webp": saved(rgb, "WEBP"),
+        "phone.heic": data(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64),
+        "broken-link.jpg": lambda path: path.symlink_to(path.parent / "does-not-exist.jpg"),
+        "loop-a.jpg": lambda path: path.symlink_to(path.parent / "loop-b.jpg"),
+        "loop-b.jpg": lambda path: path.symlink_to(path.parent / "loop-a.jpg"),
+        "fifo.jpg": lambda path: os.mkfifo(path),
+        "device.jpg": lambda path: path.symlink_to("/dev/zero"),
+        "new\nline.jpg": data(photo),
+        os.fsdecode(b"not-utf8-\xff\xfe.jpg"): data(photo),
+    }
+    for value in range(1, 9):
+        cases[f"exif-orientation-{value}.jpg"] = oriented(value)
+    return cases
+
+
+GOOD_CASES = {"png-named.jpg", "sixteen-bit.png", "palette.png", "cmyk.jpg", "animated.gif",
+              "multipage.tif", "photo.webp", "new\nline.jpg",
+              os.fsdecode(b"not-utf8-\xff\xfe.jpg"), *(f"exif-orientation-{v}.jpg"
+                                                       for v in range(1, 9))}
+
+
+def classify(model: Path, *args: str | Path, stdin: bytes | None = None) -> tuple[str, str]:
+    """(outcome, stderr) of one classify process: 'exit N', 'signal NAME', 'hang'."""
+    try:
+        result = subprocess.run([sys.executable, str(ROOT / "runtime" / "classify"), str(model),
+                                 *map(str, args)], input=stdin, capture_output=True,
+                                timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return "hang", ""
+    stderr = result.stderr.decode(errors="replace")
+    if result.returncode < 0:
+        return f"signal {signal.Signals(-result.returncode).name}", stderr
+    return f"exit {result.returncode}", stderr
+
+
+def photo_rows(model: Path, photos: Path, work: Path) -> list[list]:
+    """Each case alone, then all of them in one folder with good photos, then stdin paths."""
+    good = sorted(p for p in photos.rglob("*.jpg"))[:5]
+    folder = work / "hostile"
+    folder.mkdir()
+    cases = image_cases(good[0])
+    for name, write in cases.items():
+        write(folder / name)
+    counts = Counter()
+    for name in cases:
+        outcome, stderr = classify(model, folder / name)
+        expected = "exit 0" if name in GOOD_CASES else "exit 1"
+        counts[classify_outcome(outcome, stderr, expected, name)] += 1
+    rows = [[f"photos, each alone ({len(cases) - len(GOOD_CASES)} bad, "
+             f"{len(GOOD_CASES)} odd but good)", len(cases), *tally(counts)]]
+
+    for photo in good:
+        shutil.copy(photo, folder / photo.name)
+    result = subprocess.run([sys.executable, str(ROOT / "runtime" / "classify"), str(model),
+                             str(folder), "--json"], capture_output=True, timeout=TIMEOUT)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    labelled = {Path(line["path"]).name for line in lines if "label" in line}
+    refused = {Path(line["path"]).name for line in lines if "error" in line}
+    expected_good = {name for name in cases if name in GOOD_CASES} | {p.name for p in good}
+    mixed = Counter({classify_outcome(f"exit {result.returncode}", result.stderr.decode(
+        errors="replace"), "exit 1", "folder"): 1})
+    lost = len(expected_good - labelled) + len(set(cases) - GOOD_CASES - refused)
+    if lost:
+        FAILURES.append(f"folder: not classified {sorted(expected_good - labelled)}, "
+                        f"not reported {sorted(set(cases) - GOOD_CASES - refused)}")
+    rows.append(["a folder of all of them and 5 good photos: each bad one reported, each good "
+                 "one labelled", 1, *tally(mixed)[:3], lost])
+    paths = b"\n".join([os.fsencode(folder / good[0].name), b"/no/such/photo.jpg",
+                        os.fsencode(folder / "fifo.jpg")]) + b"\n"
+    outcome, stderr = classify(model, "-", stdin=paths)
+    piped = Counter({classify_outcome(outcome, stderr, "exit 1", "stdin"): 1})
+    rows.append(["paths on stdin that do not exist or are FIFOs", 1, *tally(piped)])
+    return rows
+
+
+# --- model files -----------------------------------------------------------------------------
+
+def mutations(data: bytes, suffix: str, rng: random.Random) -> tuple[str, bytes, str]:
+    """(kind, mutated bytes, suffix to save it with), drawn at random."""
+    start = data.find(b'{"format": "edgeconv-model/1"')
+    end = data.find(b"}", data.find(b'"created"', start)) + 1 if start >= 0 else -1
+    kind = rng.choice(["truncated", "byte flips", "metadata bytes", "metadata shape",
+                       "no metadata", "other suffix", "garbage", "empty"])
+    mutated = bytearray(data)
+    if kind == "truncated":
+        del mutated[rng.randrange(len(data)):]
+    elif kind == "byte flips":
+        for _ in range(rng.choice([1, 4, 16, 64, 256])):
+            mutated[rng.randrange(len(data))] = rng.randrange(256)
+    elif kind == "metadata bytes" and start >= 0:
+        for _ in range(rng.choice([1, 4, 16])):
+            mutated[rng.randrange(start, end)] = rng.randrange(256)
+    elif kind == "metadata shape" and start >= 0:
+        mutated = bytearray(bytes(mutated).replace(b"[1, 150, 150, 3]", rng.choice(
+            [b"[1, 224, 224, 3]", b"[1, 150, 150, 1]", b"[1, 999, 150, 3]", b"[7, 150, 150, 3]",
+             b"[1, 150, 150]   ", b'"none"          '])))
+    elif kind == "no metadata":
+        mutated = bytearray(bytes(mutated).replace(b"edgeconv", b"edgecxnv"))
+    elif kind == "other suffix":
+        suffix = ".onnx" if suffix == ".tflite" else ".tflite"
+    elif kind == "garbage":
+        mutated = bytearray(rng.randbytes(rng.randrange(1, 100_000)))
+    elif kind == "empty":
+        mutated = bytearray()
+    return kind, bytes(mutated), suffix
+
+
+def model_rows(model: Path, count: int, photo: Path, work: Path, seed: int = 0) -> list[list]:
+    rng = random.Random(seed)
+    data = model.read_bytes()
+    counts: dict[str, Counter] = {}
+    for index in range(count):
+        kind, mutated, suffix = mutations(data, model.suffix, rng)
+        path = work / f"mutant-{index}{suffix}"
+        path.write_bytes(mutated)
+        outcome, stderr = classify(path, photo)
+        counts.setdefault(kind, Counter())[classify_outcome(outcome, stderr, "exit 0 or 2",
+                                                            path.name)] += 1
+        path.unlink()
+    return [[f"{model.name}: {kind}", sum(tally_counts.values()), *tally(tally_counts)]
+            for kind, tally_counts in sorted(counts.items())]
+
+
+# --- outcomes --------------------------------------------------------------------------------
+
+FAILURES: list[str] = []
+
+
+def classify_outcome(outcome: str, stderr: str, expected: str, name: str) -> str:
+    """'ok', 'crash', 'hang' or 'wrong exit' for one run; failures are kept for the report."""
+    if outcome == "hang":
+        verdict = "hang"
+    elif outcome.startswith("signal") or "Traceback" in stderr or \
+            "Segmentation" in stderr or "core dumped" in stderr:
+        verdict = "crash"
+    elif outcome not in expected.split(" or ") and outcome != expected and \
+            not (expected == "exit 0 or 2" and outcome in ("exit 0", "exit 2")):
+        verdict = "wrong exit"
+    elif outcome == "exit 2" and len(stderr.strip().splitlines()) != 1:
+        verdict = "wrong exit"  # a refusal is one line
+    else:
+        verdict = "ok"
+    if verdict != "ok":
+        FAILURES.append(f"{name!r}: {verdict} ({outcome}) {stderr.strip()[-300:]}")
+    return verdict
+
+
+def tally(counts: Counter) -> list[int]:
+    return [counts["crash"], counts["hang"], counts["wrong exit"], 0]
+
+
+HEADER = ["case", "tried", "crashes", "hangs", "wrong exits", "data lost"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tests/reliability/hostile.py",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", type=Path, nargs="+", help=".tflite / .onnx files")
+    parser.add_argument("--photos", type=Path, required=True, help="a folder of good photos")
+    parser.add_argument("--mutations", type=int, default=1000, help="per model (default 1000)")
+    parser.add_argument("--report", type=Path, help="write the table as Markdown here")
+    args = parser.parse_args(argv)
+    photo = sorted(args.photos.rglob("*.jpg"))[0]
+    with tempfile.TemporaryDirectory(prefix="edgeconv-hostile-") as work:
+        rows = photo_rows(args.models[0], args.photos, Path(work))
+        for model in args.models:
+            rows += model_rows(model, args.mutations, photo, Path(work))
+    command = ("python tests/reliability/hostile.py " + " ".join(map(str, args.models))
+               + f" --photos DIR --mutations {args.mutations}")
+    table = markdown_table(HEADER, rows)
+    print(table)
+    for failure in FAILURES:
+        print(f"FAILED {failure}", file=sys.stderr)
+    if args.report:
+        names = ", ".join(f"`{display(name)}`" for name in image_cases(photo))
+        args.report.write_text(
+            f"# Reliability: hostile input\n\n`{command}` prints this table "
+            f"({os.cpu_count()} cores). A run that ends on a signal or prints a traceback is a "
+            "crash; no answer in 60 s is a hang; a bad photo must exit 1 with a line naming "
+            "it, a model file exit 0 (still a valid model) or 2 with one `error:` line.\n\n"
+            f"{table}\n\nPhoto cases: {names}.\n")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
