@@ -20,10 +20,12 @@ def test_hostile_photos_and_mutated_models_neither_crash_nor_hang(shipped, real_
     report = tmp_path / "reliability.md"
     code = hostile.main([str(shipped / "plus_int8.tflite"), str(shipped / "plus_int8.onnx"),
                          "--photos", str(real_data / "test"), "--mutations", "25",
+                         "--keras", str(shipped / "plus.keras"),
                          "--report", str(report)])
     assert code == 0, hostile.FAILURES
     table = report.read_text()
-    assert "| photos, each alone (" in table and "plus_int8.onnx: truncated" in table
+    assert "| photos, each alone (" in table and "| export/parity.py: " in table
+    assert "| train/run.py: one bad photo" in table and "plus_int8.onnx: " in table
 
 
 def test_the_verdicts_catch_what_they_are_for():

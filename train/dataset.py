@@ -133,7 +133,10 @@ def _cache_file(entries: list[tuple[Path, int]], size: tuple[int, int]) -> Path 
         return None
     digest = hashlib.sha256(f"{_CACHE_VERSION} {size}".encode())
     for path, _ in entries:
-        stat = path.stat()
-        digest.update(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+        try:
+            stat = path.stat()
+            digest.update(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+        except (OSError, RuntimeError):  # a broken or looping link: decoding will say so
+            digest.update(f"{path.absolute()} unreadable\n".encode())
     Path(folder).mkdir(parents=True, exist_ok=True)
     return Path(folder) / f"images-{digest.hexdigest()[:24]}.npz"

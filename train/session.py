@@ -46,11 +46,11 @@ def train(options: Options) -> int:
             and previous["epochs"] == config["epochs"]:
         print(f"{options.out}: run already complete ({config['epochs']} epochs); nothing to do")
         return 0
-    options.out.mkdir(parents=True, exist_ok=True)
-    write_json(options.out / RUN_FILE, config)
     print(f"data {config['data']}: classes {dataset.classes}, images per class "
           f"{ {split: dataset.counts(split) for split in dataset.splits} }")
     train_set, validation_set = load_split(dataset, "train"), load_split(dataset, "validation")
+    options.out.mkdir(parents=True, exist_ok=True)  # only once the photos are known good
+    write_json(options.out / RUN_FILE, config)
     steps = recipe.steps_per_epoch(len(train_set[0]), config["batch_size"])
     model, state = start_or_resume(options.out, config, recipe, steps, resumed=bool(previous))
 
@@ -107,13 +107,13 @@ def plan(options: Options, previous: dict | None):
     recipe = with_settings(RECIPES[recipe_name], settings)
     data = resolve_data(options.data or (Path(previous["data"]) if previous else None))
     dataset = find_dataset(data, limit=chosen("limit"))
-    from train.model import INPUT_SHAPE  # imports Keras: after the data errors, which are quick
+    import_keras()  # quietly, before train.model imports it: after the quick data errors
+    from train.model import INPUT_SHAPE
 
     precision = options.precision
     if precision == "auto":
         from train.environment import auto_precision
 
-        import_keras()
         precision = previous.get("precision") or auto_precision()
     config = {
         "recipe": recipe.name,

@@ -178,6 +178,91 @@ def photo_rows(model: Path, photos: Path, work: Path) -> list[list]:
     return rows
 
 
+# --- the other stages that read photos -----------------------------------------------------
+
+def run_stage(script: str, *args: str | Path) -> tuple[str, str, str]:
+    """(outcome, stdout, stderr) of one of the repo's scripts."""
+    try:
+        result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)],
+                                capture_output=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return "hang", "", ""
+    code = result.returncode
+    outcome = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+    return outcome, result.stdout.decode(errors="replace"), result.stderr.decode(
+        errors="replace")
+
+
+def stage_rows(model_keras: Path | None, photos: Path, work: Path) -> list[list]:
+    """prepare_data.py, the training loader and parity.py on folders holding the bad photos."""
+    good = sorted(photos.rglob("*.jpg"))
+    cases = image_cases(good[0])
+    bad = [name for name in cases if name not in GOOD_CASES]
+    rows = []
+
+    raw = work / "raw"  # Kaggle-style names: the bad files take the first indices
+    raw.mkdir()
+    for index, name in enumerate(bad):
+        cases[name](raw / f"cat.{index}.jpg")
+        cases[name](raw / f"dog.{index}.jpg")
+    for index, photo in enumerate(good[:20], start=len(bad)):
+        shutil.copy(photo, raw / f"{'cat' if index % 2 else 'dog'}.{index}.jpg")
+        shutil.copy(photo, raw / f"{'dog' if index % 2 else 'cat'}.{index}.jpg")
+    outcome, out, err = run_stage("train/prepare_data.py", "--source", raw, "--out",
+                                  work / "prepared", "--train", "4", "--validation", "2",
+                                  "--test", "2")
+    verdict = classify_outcome(outcome, err, "exit 0", "prepare_data")
+    kept = len(list((work / "prepared").rglob("*.jpg"))) if outcome == "exit 0" else 0
+    lost = 0 if kept == 16 else 1
+    if lost:
+        FAILURES.append(f"prepare_data kept {kept} of 16 good photos: {err[-300:]}")
+    rows.append([f"train/prepare_data.py: {len(bad)} bad photos per class among good ones", 1,
+                 *tally(Counter({verdict: 1}))[:3], lost])
+
+    dataset = work / "dataset"
+    for split in ("train", "validation", "test"):
+        for label in ("cats", "dogs"):
+            (dataset / split / label).mkdir(parents=True)
+            for photo in good[:3]:
+                shutil.copy(photo, dataset / split / label / photo.name)
+    counts = Counter()
+    for name in bad:
+        target = dataset / "train" / "cats" / ("bad" + Path(name).suffix)
+        cases[name](target)
+        outcome, _, err = run_stage("train/run.py", "--data", dataset, "--out",
+                                    work / "run", "--epochs", "1")  # the same folder each time
+        verdict = classify_outcome(outcome, err, "exit 2", f"training loader: {name}")
+        if verdict == "ok" and "remove it from the train split" not in err:
+            verdict = "wrong exit"
+            FAILURES.append(f"training loader: {name}: {err.strip()[-200:]}")
+        counts[verdict] += 1
+        target.unlink()
+    lost = int((work / "run").exists())  # a refused start must leave no run behind
+    if lost:
+        FAILURES.append("training loader: a refused start left a run folder behind")
+    rows.append(["train/run.py: one bad photo in the training split (each case)", len(bad),
+                 *tally(counts)[:3], lost])
+
+    if model_keras is not None:
+        folder = work / "parity" / "cats"
+        folder.mkdir(parents=True)
+        for name in bad:
+            cases[name](folder / name)
+        for photo in good[:5]:
+            shutil.copy(photo, folder / photo.name)
+        artifact = next(model_keras.parent.glob(model_keras.stem + "_int8.tflite"))
+        outcome, out, err = run_stage("export/parity.py", "--reference", model_keras,
+                                      "--data", folder.parent, artifact)
+        verdict = classify_outcome(outcome, err, "exit 0 or 1", "parity")
+        skipped = err.count("skipped ")
+        lost = 0 if "| 5 |" in out and skipped == len(bad) else 1
+        if lost:
+            FAILURES.append(f"parity: {skipped} skipped of {len(bad)}; {out[-300:]}")
+        rows.append([f"export/parity.py: {len(bad)} bad photos beside 5 good ones", 1,
+                     *tally(Counter({verdict: 1}))[:3], lost])
+    return rows
+
+
 # --- model files -----------------------------------------------------------------------------
 
 def mutations(data: bytes, suffix: str, rng: random.Random) -> tuple[str, bytes, str]:
@@ -238,8 +323,7 @@ def classify_outcome(outcome: str, stderr: str, expected: str, name: str) -> str
     elif outcome.startswith("signal") or "Traceback" in stderr or \
             "Segmentation" in stderr or "core dumped" in stderr:
         verdict = "crash"
-    elif outcome not in expected.split(" or ") and outcome != expected and \
-            not (expected == "exit 0 or 2" and outcome in ("exit 0", "exit 2")):
+    elif outcome.removeprefix("exit ") not in expected.removeprefix("exit ").split(" or "):
         verdict = "wrong exit"
     elif outcome == "exit 2" and len(stderr.strip().splitlines()) != 1:
         verdict = "wrong exit"  # a refusal is one line
@@ -263,15 +347,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", type=Path, nargs="+", help=".tflite / .onnx files")
     parser.add_argument("--photos", type=Path, required=True, help="a folder of good photos")
     parser.add_argument("--mutations", type=int, default=1000, help="per model (default 1000)")
+    parser.add_argument("--keras", type=Path, help="the Keras model beside MODEL_int8.tflite "
+                        "(e.g. models/plus.keras): also run parity.py on the bad photos")
     parser.add_argument("--report", type=Path, help="write the table as Markdown here")
     args = parser.parse_args(argv)
     photo = sorted(args.photos.rglob("*.jpg"))[0]
     with tempfile.TemporaryDirectory(prefix="edgeconv-hostile-") as work:
         rows = photo_rows(args.models[0], args.photos, Path(work))
+        rows += stage_rows(args.keras, args.photos, Path(work))
         for model in args.models:
             rows += model_rows(model, args.mutations, photo, Path(work))
     command = ("python tests/reliability/hostile.py " + " ".join(map(str, args.models))
-               + f" --photos DIR --mutations {args.mutations}")
+               + f" --photos DIR --mutations {args.mutations}"
+               + (f" --keras {args.keras}" if args.keras else ""))
     table = markdown_table(HEADER, rows)
     print(table)
     for failure in FAILURES:
