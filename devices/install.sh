@@ -44,7 +44,7 @@ die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 command -v python3 >/dev/null || die "python3 not found (sudo apt install python3 python3-venv)"
 arch="$(uname -m)"
 os="$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}" || echo unknown)"
-board="$(tr -d '\0' < /proc/device-tree/model 2>/dev/null || echo "")"
+board=""; [ -r /proc/device-tree/model ] && board="$(tr -d '\0' < /proc/device-tree/model)"
 if [ "$profile" = auto ]; then
   profile="$(cd "$root" && python3 -c 'from runtime.profiles import detect; print(detect())')"
 fi
