@@ -59,9 +59,13 @@ class Classifier:
                                  f"{len(self.labels)} labels; expected [1, h, w, 3] and two "
                                  "or more")
         self.size: tuple[int, int] = (shape[1], shape[2])
-        self.threshold: float = output.get("threshold") or 0.5
-        self.min_score: float = (min_score if min_score is not None
-                                 else output.get("min_score") or 0.0)
+        try:
+            self.threshold = float(output.get("threshold") or 0.5)
+            self.min_score = float(min_score if min_score is not None
+                                   else output.get("min_score") or 0.0)
+        except (TypeError, ValueError):
+            raise ModelFileError(f"{model}: edgeconv metadata's threshold or min_score is not "
+                                 "a number") from None
         self.engine = open_engine(model, engine, threads)
         self._engine_lock = threading.Lock()  # engines are not thread-safe; decoding is
         expected = (*self.size, 3)
