@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         full_decode, fast_decode = (decode_ms(classifier, sample, fast) for fast in (False, True))
         engine = engine_ms(classifier)
         camera = camera_fps(classifier, chosen[:150], Path(work))
+        size = Image.open(large[0]).size
     large_agree, large_flips = agreement(full_labels, fast_labels)
     original_agree, original_flips = agreement(original_full, original_fast)
-    size = Image.open(large[0]).size
     print(f"{args.model.name}; {len(large)} JPEGs of {size[0]}x{size[1]} made from "
           f"{args.photos}; {os.cpu_count()} cores\n")
     print(markdown_table(

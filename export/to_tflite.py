@@ -30,9 +30,11 @@ def convert(source: Source, quantize: str, io_type: str, calibration: Path | Non
             calibration_size: int = 300) -> tuple[bytes, dict]:
     """Return (flatbuffer bytes with metadata, metadata)."""
     import numpy as np
+
+    model = source.convertible_model  # imports Keras, and TensorFlow with it, quietly
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(source.convertible_model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     described = None
     if quantize in ("float16", "dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

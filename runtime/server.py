@@ -38,6 +38,7 @@ BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 250, 500, 1000)
 COOKIE = "edgeconv_token"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STREAM_WIDTH = 640  # frames are shrunk to this width for the preview
+STREAM_FPS = 15  # the preview's frame rate at most: encoding every frame would slow the camera
 
 
 class Stats:
@@ -101,11 +102,16 @@ class Stats:
 
 
 class Live:
-    """The camera's latest frame (JPEG) and prediction, handed to any number of viewers."""
+    """The camera's latest frame (JPEG) and prediction, handed to any number of viewers.
+
+    Two conditions on one lock: event listeners wake for every prediction, stream viewers
+    only for a new frame."""
 
     def __init__(self, history: int = 20):
-        self.changed = threading.Condition()
-        self.sequence = 0
+        lock = threading.Lock()
+        self.new_event = threading.Condition(lock)
+        self.new_frame = threading.Condition(lock)
+        self.events = self.frames = 0  # sequence numbers
         self.jpeg: bytes | None = None
         self.event: dict | None = None
         self.history: deque[dict] = deque(maxlen=history)
@@ -113,22 +119,31 @@ class Live:
         self.running = False
 
     def publish(self, jpeg: bytes | None, event: dict) -> None:
-        with self.changed:
-            self.sequence += 1
-            self.jpeg = jpeg if jpeg is not None else self.jpeg
+        with self.new_event:
+            self.events += 1
             self.event = event
             self.history.append(event)
-            self.changed.notify_all()
+            self.new_event.notify_all()
+            if jpeg is not None:
+                self.frames += 1
+                self.jpeg = jpeg
+                self.new_frame.notify_all()
 
     def add_viewer(self, change: int) -> None:
-        with self.changed:
+        with self.new_frame:
             self.viewers += change
 
-    def next(self, after: int, timeout: float) -> tuple[int, bytes | None, dict | None]:
-        """Wait up to `timeout` for something newer than `after`; (sequence, jpeg, event)."""
-        with self.changed:
-            self.changed.wait_for(lambda: self.sequence > after, timeout)
-            return self.sequence, self.jpeg, self.event
+    def next_event(self, after: int, timeout: float) -> tuple[int, dict | None]:
+        """Wait up to `timeout` for a prediction newer than `after`; (sequence, event)."""
+        with self.new_event:
+            self.new_event.wait_for(lambda: self.events > after, timeout)
+            return self.events, self.event
+
+    def next_frame(self, after: int, timeout: float) -> tuple[int, bytes | None]:
+        """Wait up to `timeout` for a frame newer than `after`; (sequence, jpeg)."""
+        with self.new_frame:
+            self.new_frame.wait_for(lambda: self.frames > after, timeout)
+            return self.frames, self.jpeg
 
 
 def encode_jpeg(frame: np.ndarray, width: int = STREAM_WIDTH, quality: int = 75) -> bytes:
@@ -159,6 +174,7 @@ class App:
         would deliver it, and again from the start when it ends."""
         self.live.running = True
         period = 0.0 if is_live(source) else every / file_fps(source)
+        last_jpeg = 0.0
         try:
             while not self.stop.is_set():
                 started, count = time.perf_counter(), 0
@@ -169,7 +185,10 @@ class App:
                         self.stop.wait(max(0.0, started + count * period - time.perf_counter()))
                     self.fps = count / max(time.perf_counter() - started, 1e-9)
                     self.stats.inference(prediction.ms, frame=True)
-                    jpeg = encode_jpeg(frame) if self.live.viewers else None
+                    jpeg = None
+                    now = time.perf_counter()
+                    if self.live.viewers and now - last_jpeg >= 1 / STREAM_FPS:
+                        jpeg, last_jpeg = encode_jpeg(frame), now
                     self.live.publish(jpeg, {"frame": index, **prediction.as_dict(),
                                              "fps": round(self.fps, 2)})
                     if self.stop.is_set():
@@ -338,9 +357,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             sequence = 0
             while not self.app.stop.is_set():
-                sequence, jpeg, _ = self.app.live.next(sequence, timeout=5)
-                if jpeg is None:
+                newer, jpeg = self.app.live.next_frame(sequence, timeout=5)
+                if jpeg is None or newer == sequence:
                     continue
+                sequence = newer
                 self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                  + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
         finally:
@@ -357,7 +377,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         sequence = 0
         while not self.app.stop.is_set():
-            newer, _, event = self.app.live.next(sequence, timeout=15)
+            newer, event = self.app.live.next_event(sequence, timeout=15)
             if newer == sequence or event is None:
                 self.wfile.write(b": keep-alive\n\n")  # also finds clients that went away
             else:
