@@ -199,4 +199,4 @@ def test_large_photos_get_the_same_label_with_the_fast_decode(shipped, real_data
     fast_lines = [json.loads(line) for line in fast.stdout.splitlines()]
     full_lines = [json.loads(line) for line in full.stdout.splitlines()]
     assert [line["label"] for line in fast_lines] == [line["label"] for line in full_lines]
-    assert max(abs(a["score"] - b["score"]) for a, b in zip(fast_lines, full_lines)) < 0.1
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(fast_lines, full_lines)) < 0.2

@@ -3,6 +3,7 @@ engine and pytest. TensorFlow cannot be imported there, and classification still
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -58,18 +59,24 @@ def test_runtime_classifies_without_tensorflow(name, thin_venvs, shipped, real_d
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 500
-    # Against the full environment's runtime (LiteRT) on the same files: LiteRT must match
-    # exactly; tflite-runtime 2.14's older int8 kernels may round the output one step
-    # (1/256) differently, which may flip a label only right at the threshold.
+    # Against the full environment's runtime (LiteRT) on the same files. LiteRT must match
+    # exactly. tflite-runtime 2.14, the last release, has older int8 kernels on x86: for the
+    # plus model it rounds a median photo the same, but some by up to 27 steps of 1/256
+    # (5 of 1,000 test labels flip). On ARM, where it is the engine (32-bit Pi OS), the
+    # emulated armhf Pi agrees within one step (devices/emulate.sh, notes of #18).
     reference = Classifier(model)
     same_engine = name == "litert"
-    flips = 0
+    differences, flips = [], 0
     for line in lines:
         expected = reference.predict(line["path"])
         flips += line["label"] != expected.label
-        tolerance = 1e-6 if same_engine else 1 / 256 + 1e-6
-        assert abs(line["score"] - expected.score) <= tolerance, line["path"]
-    assert flips == 0 if same_engine else flips <= 5
+        differences.append(abs(line["score"] - expected.score))
+    if same_engine:
+        assert flips == 0 and max(differences) <= 1e-6
+    else:
+        assert flips <= len(lines) // 100
+        assert statistics.median(differences) <= 1 / 256 + 1e-6
+        assert max(differences) <= 32 / 256
 
 
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))
