@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export import to_onnx, to_tflite
-from export.source import ExportError, Source
+from export.source import Source
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,13 @@ def one_line(error: BaseException) -> str:
 
 
 def export_missing(source: Source, names: list[str], force: bool = False) -> list[Outcome]:
-    """Export each named format the run lacks (all of them with `force`); one Outcome each."""
+    """Export each named format the run lacks (all of them with `force`); one Outcome each.
+    An unreadable model.keras raises ExportError once, before any format is tried."""
     outcomes = []
-    for fmt in (f for f in FORMATS if f.name in names):
+    wanted = [f for f in FORMATS if f.name in names]
+    if any(force or not (source.run_dir / f.file_name).exists() for f in wanted):
+        source.model  # noqa: B018  an unreadable model.keras fails here, not once per format
+    for fmt in wanted:
         path = source.run_dir / fmt.file_name
         if path.exists() and not force:
             outcomes.append(Outcome(fmt, path, "exists"))
@@ -87,8 +91,6 @@ def export_missing(source: Source, names: list[str], force: bool = False) -> lis
             fmt.export(source)
             outcomes.append(Outcome(fmt, path, "exported", time.monotonic() - started))
         except Exception as error:  # noqa: BLE001  one broken format never stops the others
-            if isinstance(error, ExportError) and "not a Keras model" in str(error):
-                raise  # the source itself is unusable: every format would fail the same way
             outcomes.append(Outcome(fmt, path, "failed", time.monotonic() - started,
                                     one_line(error)))
     return outcomes

@@ -240,6 +240,15 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self.app.stats.request(self.route, code)
 
+    def start_stream(self, content_type: str) -> None:
+        """Headers of an answer that lasts until the client leaves (no length, no reuse)."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.app.stats.request(self.route, 200)
+        self.close_connection = True
+
     def send_json(self, code: int, data: dict, headers: dict | None = None) -> None:
         self.send_body(code, json.dumps(data).encode() + b"\n", "application/json", headers)
 
@@ -347,12 +356,7 @@ class Handler(BaseHTTPRequestHandler):
     def stream(self) -> None:
         if not self.app.live.running and self.app.live.jpeg is None:
             return self.error(404, "no camera: start serve with --camera")
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.app.stats.request(self.route, 200)
-        self.close_connection = True
+        self.start_stream("multipart/x-mixed-replace; boundary=frame")
         self.app.live.add_viewer(+1)
         try:
             sequence = 0
@@ -367,12 +371,7 @@ class Handler(BaseHTTPRequestHandler):
             self.app.live.add_viewer(-1)
 
     def events(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.app.stats.request(self.route, 200)
-        self.close_connection = True
+        self.start_stream("text/event-stream")
         self.wfile.write(b"retry: 2000\n\n")
         self.wfile.flush()
         sequence = 0

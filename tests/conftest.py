@@ -43,6 +43,15 @@ def real_data() -> Path:
     return data
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600,
                cwd: Path = REPO, **kwargs) -> subprocess.CompletedProcess:
     """Run one of the repo's scripts the way a user would, capturing its output."""

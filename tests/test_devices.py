@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO, free_port, run_script
 
 from runtime.classifier import Classifier
 from runtime.metadata import read_metadata
@@ -94,12 +94,6 @@ def test_install_sh_in_a_clean_folder_then_again(exported, tmp_path):
     verify = subprocess.run(["systemd-analyze", "verify", str(serve_unit)],
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,12 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port
 
 from runtime.classifier import Classifier
 from runtime.hotswap import HotModel
 
 PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
