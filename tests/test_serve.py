@@ -294,4 +294,6 @@ def test_load_benchmark_prints_its_figures(shipped, real_data):
     assert "| serve POST /api/classify, 2 clients |" in result.stdout
     assert "0 failed requests" in result.stdout
     ratio = float(result.stdout.split("with 2 viewers: ")[1].split("x")[0])
-    assert ratio > 0
+    alone = float(result.stdout.split("| no viewer | ")[1].split(" |")[0])
+    watched = float(result.stdout.split("| 2 MJPEG viewers | ")[1].split(" |")[0])
+    assert alone > 0 and ratio == pytest.approx(watched / alone, abs=0.02)
