@@ -2,7 +2,10 @@
 
 Layout: DIR/{train,validation,test}/<class>/<images>. Classes are the folder names, sorted.
 Decoded arrays are cached on disk (EDGECONV_CACHE, default ~/.cache/edgeconv), keyed by the
-files' names, sizes and modification times, so repeated runs skip the JPEG decoding.
+files' names, sizes and modification times, so repeated runs skip the JPEG decoding. A cache
+is a .npy file, written photo by photo and read back as a memory map: a photo is in memory
+only while a batch uses it, so memory stays flat however many photos there are. With the
+cache off, photos are decoded into memory.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,7 @@ from runtime.progress import progress
 SPLITS = ("train", "validation", "test")
 DEFAULT_DATA = Path("data/cats_and_dogs_small")
 PREPARE_COMMAND = "python train/prepare_data.py --download --out data/cats_and_dogs_small"
-_CACHE_VERSION = "2"  # bump when runtime.preprocess changes what load_image returns
+_CACHE_VERSION = "3"  # bump when runtime.preprocess changes what load_image returns, or the format
 
 
 class DataError(Exception):
@@ -97,19 +101,44 @@ def find_dataset(
 def load_split(
     dataset: Dataset, split: str, size: tuple[int, int] = (150, 150)
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (images uint8 [N, h, w, 3], labels int32 [N]) for one split, decoded once."""
+    """Return (images uint8 [N, h, w, 3], labels int32 [N]) for one split, decoded once.
+
+    With a cache, images is a read-only memory map of the cache file.
+    """
     entries = dataset.splits[split]
     labels = np.array([label for _, label in entries], dtype=np.int32)
     cache = _cache_file(entries, size)
-    if cache is not None and cache.exists():
-        with np.load(cache) as stored:
-            return stored["images"], labels
-    images = np.empty((len(entries), *size, 3), dtype=np.uint8)
+    if cache is None:
+        images = np.empty((len(entries), *size, 3), dtype=np.uint8)
+        _decode(entries, split, size, images.__setitem__)
+        return images, labels
+    if not cache.exists():
+        with atomic_path(cache) as tmp:
+            _decode_to_file(entries, split, size, tmp)
+    return np.load(cache, mmap_mode="r"), labels
+
+
+def _decode_to_file(entries: list[tuple[Path, int]], split: str, size: tuple[int, int],
+                    path: Path) -> None:
+    """Decode into a .npy file, each photo written at its place as soon as it is decoded."""
+    shape = (len(entries), *size, 3)
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(
+            file, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        start, photo_bytes = file.tell(), size[0] * size[1] * 3
+        file.truncate(start + len(entries) * photo_bytes)
+        _decode(entries, split, size, lambda index, image: os.pwrite(
+            file.fileno(), image.tobytes(), start + index * photo_bytes))
+
+
+def _decode(entries: list[tuple[Path, int]], split: str, size: tuple[int, int],
+            store: Callable[[int, np.ndarray], object]) -> None:
+    """Decode every photo, on every core, and `store(index, image)` each one."""
 
     def decode(index: int) -> int:
         path = entries[index][0]
         try:
-            images[index] = load_image(path, size)
+            store(index, load_image(path, size))
         except ImageError as error:
             raise DataError(
                 f"{error}; remove it from the {split} split (train/prepare_data.py filters "
@@ -121,10 +150,6 @@ def load_split(
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for _ in progress(pool.map(decode, range(len(entries))), len(entries), f"decode {split}"):
             pass
-    if cache is not None:
-        with atomic_path(cache) as tmp:
-            np.savez(tmp, images=images)
-    return images, labels
 
 
 def _cache_file(entries: list[tuple[Path, int]], size: tuple[int, int]) -> Path | None:
@@ -139,4 +164,4 @@ def _cache_file(entries: list[tuple[Path, int]], size: tuple[int, int]) -> Path 
         except (OSError, RuntimeError):  # a broken or looping link: decoding will say so
             digest.update(f"{path.absolute()} unreadable\n".encode())
     Path(folder).mkdir(parents=True, exist_ok=True)
-    return Path(folder) / f"images-{digest.hexdigest()[:24]}.npz"
+    return Path(folder) / f"images-{digest.hexdigest()[:24]}.npy"

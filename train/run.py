@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
 
 from train.dataset import DEFAULT_DATA, DataError  # noqa: E402
+from train.distribute import DeviceError, parse_devices  # noqa: E402
 from train.recipes import RECIPES, parse_settings, with_settings  # noqa: E402
 from train.session import Options, train  # noqa: E402
 
@@ -51,6 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="training arithmetic; auto picks bfloat16 where the hardware runs "
                         "it natively (AVX512-BF16/AMX CPUs, GPUs), else float32. The saved "
                         "model is float32 either way.")
+    parser.add_argument("--devices", default="all", metavar="all|N",
+                        help="train data-parallel on N devices, each batch split among them "
+                        "(the global batch stays the recipe's or --batch-size). all (default): "
+                        "every visible GPU/TPU, or the CPU alone when there is none; N on a "
+                        "machine without accelerators splits the CPU into N logical devices "
+                        "(to check the multi-device path; no faster)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch, with "
                         "the data, recipe, settings, seed and epochs it was started with")
@@ -61,6 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:  # checked here for a one-line usage error; a resumed run applies its own
         args.settings = parse_settings(args.settings)
         with_settings(RECIPES[args.recipe or "baseline"], args.settings)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        args.devices = parse_devices(args.devices)
     except ValueError as error:
         parser.error(str(error))
     for name in ("epochs", "batch_size", "limit"):
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return train(Options(**vars(args)))
-    except DataError as error:
+    except (DataError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

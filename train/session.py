@@ -1,7 +1,9 @@
 """One training run, start to finish: plan it, fit it with a checkpoint per epoch, evaluate it.
 
 `train(options)` reads top to bottom: the run's settings (a resumed run keeps its own), the
-data, a new or resumed model, the fit, then the float32 model, metrics and curves.
+data, the devices, a new or resumed model, the fit, then the float32 model, metrics and curves.
+On several devices the model is built, loaded and fitted inside their scope; the float32 model
+is made and scored outside it, as on one device.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Options:
     seed: int | None = None
     limit: int | None = None
     precision: str = "auto"
+    devices: int | None = None  # None: every accelerator, else the CPU (train.distribute)
     resume: bool = False
     verbose: int | None = None
 
@@ -41,7 +44,7 @@ class Options:
 def train(options: Options) -> int:
     """Train (or resume) the run in options.out; 0 when finished, 130 when interrupted."""
     previous = previous_run(options.out, options.resume)
-    config, recipe, dataset = plan(options, previous)
+    config, recipe, dataset, devices = plan(options, previous)
     if previous and (options.out / "metrics.json").exists() \
             and previous["epochs"] == config["epochs"]:
         print(f"{options.out}: run already complete ({config['epochs']} epochs); nothing to do")
@@ -52,24 +55,30 @@ def train(options: Options) -> int:
     options.out.mkdir(parents=True, exist_ok=True)  # only once the photos are known good
     write_json(options.out / RUN_FILE, config)
     steps = recipe.steps_per_epoch(len(train_set[0]), config["batch_size"])
-    model, state = start_or_resume(options.out, config, recipe, steps, resumed=bool(previous))
+    with devices.scope():
+        model, state = start_or_resume(options.out, config, recipe, steps,
+                                       resumed=bool(previous))
 
     from train import trainer
 
     keras = import_keras()
     print(f"recipe {recipe.name}: {config['epochs']} epochs, batch {config['batch_size']}, "
-          f"precision {config['precision']}, backend {keras.backend.backend()}")
+          f"precision {config['precision']}, backend {keras.backend.backend()}, "
+          f"{devices.count} device(s) {', '.join(devices.names)}")
     verbose = options.verbose if options.verbose is not None else (
         1 if sys.stdout.isatty() else 2)
     try:
-        trainer.fit(options.out, model, state, train_set, validation_set, recipe,
-                    config["epochs"], config["batch_size"], config["seed"], verbose=verbose)
+        with devices.scope():
+            trainer.fit(options.out, model, state, train_set, validation_set, recipe,
+                        config["epochs"], config["batch_size"], config["seed"],
+                        verbose=verbose, devices=devices.count)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {state['epoch']} of {config['epochs']} epochs are saved in "
               f"{options.out}; continue with: python train/run.py --out {options.out} --resume",
               file=sys.stderr)
         return 130
-    metrics = finish(options.out, model, state, config, recipe, dataset, validation_set, steps)
+    metrics = finish(options.out, model, state, config, recipe, dataset, validation_set, steps,
+                     devices.count)
     print(f"test accuracy {metrics['test_accuracy']:.4f}, validation "
           f"{metrics['val_accuracy']:.4f} | {config['epochs']} epochs in "
           f"{metrics['train_seconds']:.0f} s, {metrics['images_per_second']:.0f} images/s | "
@@ -95,7 +104,8 @@ def previous_run(out: Path, resume: bool) -> dict | None:
 
 
 def plan(options: Options, previous: dict | None):
-    """(config, recipe, dataset): the options, filled from the previous run, then defaults."""
+    """(config, recipe, dataset, devices): the options, filled from the previous run, then
+    defaults. The devices are not part of the run: it may resume on others."""
     previous = previous or {}
 
     def chosen(name: str, default=None):
@@ -108,7 +118,10 @@ def plan(options: Options, previous: dict | None):
     data = resolve_data(options.data or (Path(previous["data"]) if previous else None))
     dataset = find_dataset(data, limit=chosen("limit"))
     import_keras()  # quietly, before train.model imports it: after the quick data errors
+    from train.distribute import choose_devices
     from train.model import INPUT_SHAPE
+
+    devices = choose_devices(options.devices)  # before anything starts the backend
 
     precision = options.precision
     if precision == "auto":
@@ -131,7 +144,11 @@ def plan(options: Options, previous: dict | None):
         if previous and key != "epochs" and previous.get(key) != value:
             raise DataError(f"{options.out}: holds a different run ({key} "
                             f"{previous.get(key)!r}, not {value!r}); choose another --out")
-    return config, recipe, dataset
+    if config["batch_size"] % devices.count:
+        raise DataError(f"batch {config['batch_size']} does not split evenly over "
+                        f"{devices.count} devices; pass a --batch-size that is a multiple of "
+                        f"{devices.count}")
+    return config, recipe, dataset, devices
 
 
 def start_or_resume(out: Path, config: dict, recipe, steps: int, resumed: bool):
@@ -147,6 +164,7 @@ def start_or_resume(out: Path, config: dict, recipe, steps: int, resumed: bool):
         print(f"resuming {out} at epoch {state['epoch'] + 1} of {config['epochs']}")
     else:
         state = {"epoch": 0, "checkpoint": None, "history": {}, "train_seconds": 0.0}
+        keras.utils.set_random_seed(config["seed"])  # the initial weights too follow --seed
         model = trainer.new_training_model(
             recipe, len(config["classes"]), config["precision"], config["seed"],
             tuple(config["input_shape"]), steps, config["epochs"])
@@ -158,11 +176,13 @@ def predict_labels(model, images):
     """Class indices the Keras model gives uint8 images (threshold 0.5, as exports record)."""
     import numpy as np
 
-    return decide(np.asarray(model.predict(images, batch_size=64, verbose=0), np.float64))
+    from train.trainer import Batches
+
+    return decide(np.asarray(model.predict(Batches(images), verbose=0), np.float64))
 
 
 def finish(out: Path, model, state: dict, config: dict, recipe, dataset, validation_set,
-           steps: int) -> dict:
+           steps: int, devices: int = 1) -> dict:
     """Save the float32 model, score it on validation and test, write metrics and curves."""
     from train import trainer
     from train.environment import environment
@@ -183,6 +203,7 @@ def finish(out: Path, model, state: dict, config: dict, recipe, dataset, validat
         "params": final.count_params(),
         "macs_per_image": count_macs(final),
         "train_images": sum(dataset.counts("train")),
+        "devices": devices,
         "steps_per_epoch": steps,
         "val_accuracy": accuracy(validation_set[1], predict_labels(final, validation_set[0])),
         "best_val_accuracy": max(state["history"].get("val_accuracy", [0.0])),

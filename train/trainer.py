@@ -52,11 +52,41 @@ class BatchStream(keras.utils.PyDataset):
         return self._permutations[number]
 
 
+class Batches(keras.utils.PyDataset):
+    """x (and y) in order, `batch_size` at a time, read from x (a memory map) batch by batch.
+
+    Several devices split every batch evenly, so with `multiple` > 1 a short last batch is
+    padded with copies of its last photo, given weight 0: accuracy is exact, and the loss
+    counts each copy as a photo of loss 0 (at most multiple - 1 of them).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 64,
+                 multiple: int = 1):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.multiple = x, y, batch_size, multiple
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        x = np.asarray(self.x[rows])
+        if self.y is None:
+            return (x,)
+        if self.multiple == 1:
+            return x, self.y[rows]
+        y, padding = self.y[rows], -len(x) % self.multiple
+        weights = np.repeat(np.array([1, 0], np.float32), [len(x), padding])
+        return (np.concatenate([x, x[-1:].repeat(padding, axis=0)]),
+                np.concatenate([y, y[-1:].repeat(padding)]), weights)
+
+
 class Checkpointer(keras.callbacks.Callback):
     """After each epoch: save the training model (with optimizer) and state.json, atomically.
 
     state.json names the checkpoint it belongs to and is replaced after that checkpoint is
-    complete, so a run killed at any instant resumes from a whole epoch.
+    complete, so a run killed at any instant resumes from a whole epoch. The history also
+    keeps every step's training loss ("step_loss"), to compare runs step by step.
     """
 
     def __init__(self, run_dir: Path, state: dict):
@@ -65,11 +95,20 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.monotonic()
+        self.step_losses, self.mean_loss = [], 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras logs the epoch's running mean; every batch has the same size, so this batch's
+        # own loss is what it adds to the sum.
+        mean = float(logs["loss"])
+        self.step_losses.append((batch + 1) * mean - batch * self.mean_loss)
+        self.mean_loss = mean
 
     def on_epoch_end(self, epoch, logs=None):
         self.state["train_seconds"] += time.monotonic() - self.started
         for key, value in (logs or {}).items():
             self.state["history"].setdefault(key, []).append(float(value))
+        self.state["history"].setdefault("step_loss", []).extend(self.step_losses)
         name = f"checkpoint-{epoch + 1:03d}.keras"
         with atomic_path(self.run_dir / name) as tmp:
             self.model.save(tmp)
@@ -129,7 +168,9 @@ def new_training_model(recipe: Recipe, num_classes: int, precision: str, seed: i
     else:
         loss = SparseCrossentropy(label_smoothing=recipe.label_smoothing)
     optimizer = new_optimizer(recipe, steps_per_epoch, epochs)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    # Weighted, so that the zero-weight padding of a multi-device validation batch (Batches)
+    # does not count; without weights it is the plain accuracy.
+    model.compile(optimizer=optimizer, loss=loss, weighted_metrics=["accuracy"])
     return model
 
 
@@ -150,8 +191,11 @@ def new_optimizer(recipe: Recipe, steps_per_epoch: int,
 
 def fit(run_dir: Path, model: keras.Model, state: dict, train: tuple[np.ndarray, np.ndarray],
         validation: tuple[np.ndarray, np.ndarray], recipe: Recipe, epochs: int,
-        batch_size: int, seed: int, verbose: int | str = "auto") -> None:
-    """Train from state["epoch"] to `epochs`, checkpointing each epoch into run_dir."""
+        batch_size: int, seed: int, verbose: int | str = "auto", devices: int = 1) -> None:
+    """Train from state["epoch"] to `epochs`, checkpointing each epoch into run_dir.
+
+    With several devices, call it inside their scope (train.distribute).
+    """
     x, y = train
     steps = recipe.steps_per_epoch(len(x), batch_size)
     stream = BatchStream(x, y, batch_size, steps, seed, start_epoch=state["epoch"])
@@ -159,8 +203,10 @@ def fit(run_dir: Path, model: keras.Model, state: dict, train: tuple[np.ndarray,
         stream,
         epochs=epochs,
         initial_epoch=state["epoch"],
-        validation_data=validation,
-        validation_batch_size=64,
+        # The stream is shuffled already; Keras's own shuffle of the batch order would draw
+        # from Python's global random state, which a multi-device start draws from too.
+        shuffle=False,
+        validation_data=Batches(*validation, batch_size=64, multiple=devices),
         callbacks=[Checkpointer(run_dir, state)],
         verbose=verbose,
     )
