@@ -70,3 +70,32 @@ def test_an_unreadable_training_image_is_a_clear_error(tmp_path):
     (root / "train" / "cats" / "cats.2.jpg").write_bytes(b"\xff\xd8 broken")
     with pytest.raises(DataError, match=r"cats\.2\.jpg.*train split"):
         load_split(find_dataset(root), "train")
+
+
+def test_the_cache_is_a_memory_map_that_gives_the_batches_of_photos_in_memory(
+        tmp_path, monkeypatch):
+    from train.trainer import BatchStream
+
+    dataset = find_dataset(make_dataset(tmp_path / "d", per_class=7))
+    cached, labels = load_split(dataset, "train", (20, 30))
+    again, _ = load_split(dataset, "train", (20, 30))  # read back from the cache file
+    monkeypatch.setenv("EDGECONV_CACHE", "off")
+    in_memory, _ = load_split(dataset, "train", (20, 30))
+    assert isinstance(again, np.memmap) and not again.flags.writeable
+    assert not isinstance(in_memory, np.memmap)
+    for images in (cached, again):
+        stream = BatchStream(images, labels, batch_size=4, steps=5, seed=3)
+        reference = BatchStream(in_memory, labels, batch_size=4, steps=5, seed=3)
+        for index in range(5):
+            for got, expected in zip(stream[index], reference[index]):
+                assert np.array_equal(got, expected)
+
+
+def test_a_failed_decode_leaves_no_cache_file(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGECONV_CACHE", str(cache))
+    root = make_dataset(tmp_path / "d", per_class=5)
+    (root / "train" / "dogs" / "dogs.5.jpg").write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(DataError):
+        load_split(find_dataset(root), "train")
+    assert list(cache.iterdir()) == []

@@ -58,6 +58,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "every visible GPU/TPU, or the CPU alone when there is none; N on a "
                         "machine without accelerators splits the CPU into N logical devices "
                         "(to check the multi-device path; no faster)")
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="train one model in N processes together (KERAS_BACKEND=jax; one "
+                        "a host, or several on one), each started with its --process-id, the "
+                        "same --coordinator and its own --out; each uses --devices of its own")
+    parser.add_argument("--process-id", type=int, default=0, metavar="I",
+                        help="this process's index, 0 to N-1 (0 hosts the coordinator)")
+    parser.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="where process 0 listens for the others, e.g. 10.0.0.1:1234")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch, with "
                         "the data, recipe, settings, seed and epochs it was started with")
@@ -74,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.devices = parse_devices(args.devices)
     except ValueError as error:
         parser.error(str(error))
+    if args.processes > 1 and not args.coordinator:
+        parser.error("--processes needs --coordinator HOST:PORT")
+    if not 0 <= args.process_id < args.processes:
+        parser.error(f"--process-id must be 0 to {args.processes - 1}")
     for name in ("epochs", "batch_size", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -37,6 +37,9 @@ class Options:
     limit: int | None = None
     precision: str = "auto"
     devices: int | None = None  # None: every accelerator, else the CPU (train.distribute)
+    processes: int = 1  # training together, JAX only: each one runs train() with its index
+    process_id: int = 0
+    coordinator: str | None = None  # HOST:PORT of process 0
     resume: bool = False
     verbose: int | None = None
 
@@ -71,7 +74,7 @@ def train(options: Options) -> int:
         with devices.scope():
             trainer.fit(options.out, model, state, train_set, validation_set, recipe,
                         config["epochs"], config["batch_size"], config["seed"],
-                        verbose=verbose, devices=devices.count)
+                        verbose=verbose, devices=devices.count, part=devices.part)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {state['epoch']} of {config['epochs']} epochs are saved in "
               f"{options.out}; continue with: python train/run.py --out {options.out} --resume",
@@ -118,9 +121,11 @@ def plan(options: Options, previous: dict | None):
     data = resolve_data(options.data or (Path(previous["data"]) if previous else None))
     dataset = find_dataset(data, limit=chosen("limit"))
     import_keras()  # quietly, before train.model imports it: after the quick data errors
-    from train.distribute import choose_devices
+    from train.distribute import choose_devices, join_processes
     from train.model import INPUT_SHAPE
 
+    if options.processes > 1:
+        join_processes(options.coordinator, options.processes, options.process_id)
     devices = choose_devices(options.devices)  # before anything starts the backend
 
     precision = options.precision

@@ -22,22 +22,24 @@ class BatchStream(keras.utils.PyDataset):
 
     An epoch is `steps` batches, which need not line up with passes (the seed's augmented
     recipe draws 3,200 samples an epoch from 2,000 images). The stream depends only on the
-    seed and the epoch, so a resumed run sees the batches it would have seen.
+    seed and the epoch, so a resumed run sees the batches it would have seen. `part` (index,
+    count) of several processes training together yields that process's slice of each batch.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, steps: int, seed: int,
-                 start_epoch: int = 0):
+                 start_epoch: int = 0, part: tuple[int, int] = (0, 1)):
         super().__init__()
         self.x, self.y, self.batch_size, self.steps, self.seed = x, y, batch_size, steps, seed
-        self.epoch = start_epoch
+        self.epoch, self.part = start_epoch, part
         self._permutations: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, index: int):
-        start = (self.epoch * self.steps + index) * self.batch_size
-        positions = np.arange(start, start + self.batch_size)
+        local = self.batch_size // self.part[1]
+        start = (self.epoch * self.steps + index) * self.batch_size + self.part[0] * local
+        positions = np.arange(start, start + local)
         passes, offsets = np.divmod(positions, len(self.x))
         chosen = np.array([self._permutation(p)[o] for p, o in zip(passes, offsets)])
         return self.x[chosen], self.y[chosen]
@@ -57,13 +59,15 @@ class Batches(keras.utils.PyDataset):
 
     Several devices split every batch evenly, so with `multiple` > 1 a short last batch is
     padded with copies of its last photo, given weight 0: accuracy is exact, and the loss
-    counts each copy as a photo of loss 0 (at most multiple - 1 of them).
+    counts each copy as a photo of loss 0 (at most multiple - 1 of them). `part` is as in
+    BatchStream.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 64,
-                 multiple: int = 1):
+                 multiple: int = 1, part: tuple[int, int] = (0, 1)):
         super().__init__()
         self.x, self.y, self.batch_size, self.multiple = x, y, batch_size, multiple
+        self.part = part
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
@@ -77,8 +81,10 @@ class Batches(keras.utils.PyDataset):
             return x, self.y[rows]
         y, padding = self.y[rows], -len(x) % self.multiple
         weights = np.repeat(np.array([1, 0], np.float32), [len(x), padding])
-        return (np.concatenate([x, x[-1:].repeat(padding, axis=0)]),
-                np.concatenate([y, y[-1:].repeat(padding)]), weights)
+        local = (len(x) + padding) // self.part[1]
+        mine = slice(self.part[0] * local, (self.part[0] + 1) * local)
+        return (np.concatenate([x, x[-1:].repeat(padding, axis=0)])[mine],
+                np.concatenate([y, y[-1:].repeat(padding)])[mine], weights[mine])
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -191,14 +197,16 @@ def new_optimizer(recipe: Recipe, steps_per_epoch: int,
 
 def fit(run_dir: Path, model: keras.Model, state: dict, train: tuple[np.ndarray, np.ndarray],
         validation: tuple[np.ndarray, np.ndarray], recipe: Recipe, epochs: int,
-        batch_size: int, seed: int, verbose: int | str = "auto", devices: int = 1) -> None:
+        batch_size: int, seed: int, verbose: int | str = "auto", devices: int = 1,
+        part: tuple[int, int] = (0, 1)) -> None:
     """Train from state["epoch"] to `epochs`, checkpointing each epoch into run_dir.
 
-    With several devices, call it inside their scope (train.distribute).
+    With several devices, call it inside their scope (train.distribute); with several
+    processes, each passes its `part` (index, count) and feeds its slice of every batch.
     """
     x, y = train
     steps = recipe.steps_per_epoch(len(x), batch_size)
-    stream = BatchStream(x, y, batch_size, steps, seed, start_epoch=state["epoch"])
+    stream = BatchStream(x, y, batch_size, steps, seed, start_epoch=state["epoch"], part=part)
     model.fit(
         stream,
         epochs=epochs,
@@ -206,7 +214,7 @@ def fit(run_dir: Path, model: keras.Model, state: dict, train: tuple[np.ndarray,
         # The stream is shuffled already; Keras's own shuffle of the batch order would draw
         # from Python's global random state, which a multi-device start draws from too.
         shuffle=False,
-        validation_data=Batches(*validation, batch_size=64, multiple=devices),
+        validation_data=Batches(*validation, batch_size=64, multiple=devices, part=part),
         callbacks=[Checkpointer(run_dir, state)],
         verbose=verbose,
     )

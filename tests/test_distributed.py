@@ -1,0 +1,127 @@
+"""Data-parallel training on two logical CPU devices, and in two processes on loopback: it
+follows a one-device run step by step, resumes after SIGKILL, and refuses a batch that does
+not split."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, free_port, run_script
+from test_train import start_and_wait_for_first_epoch
+
+# Deterministic (no augmentation, no dropout), so two runs can be compared step by step.
+SHORT = ["--recipe", "baseline", "--limit", "20", "--epochs", "2", "--batch-size", "10"]
+# Float32 sums in another order: the steps measured here differed by at most 1e-4.
+STEP_TOLERANCE = 1e-3
+
+
+def train(real_data, out, devices: str, backend: str) -> dict:
+    result = run_script("train/run.py", "--data", real_data, *SHORT, "--devices", devices,
+                        "--out", out, env={"KERAS_BACKEND": backend})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"backend {backend}, {devices} device(s)" in result.stdout
+    return json.loads((out / "history.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_device(real_data, tmp_path_factory):
+    """backend -> the history of a one-device run, trained once per backend for the module."""
+    runs = {}
+
+    def history(backend: str) -> dict:
+        if backend not in runs:
+            runs[backend] = train(real_data, tmp_path_factory.mktemp("one") / backend, "1",
+                                  backend)
+        return runs[backend]
+
+    return history
+
+
+def largest_step_difference(one: dict, other: dict) -> float:
+    assert len(one["step_loss"]) == len(other["step_loss"]) == 2 * 4  # 40 photos, batch 10
+    return float(np.abs(np.subtract(one["step_loss"], other["step_loss"])).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_devices_follow_one_device_step_by_step(real_data, tmp_path, one_device, backend):
+    one = one_device(backend)
+    two = train(real_data, tmp_path / "two", "2", backend)
+    difference = largest_step_difference(one, two)
+    print(f"{backend}: per-step loss, 1 device against 2, max difference {difference:.2e}")
+    assert difference < STEP_TOLERANCE
+    assert np.allclose(one["val_accuracy"], two["val_accuracy"])
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["devices"] == 2 and metrics["batch_size"] == 10
+    assert metrics["params"] == 3_453_121 and (tmp_path / "two" / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_two_devices_resume_after_sigkill(real_data, tmp_path):
+    out = tmp_path / "killed"
+    args = ["--data", real_data, "--recipe", "augmented", "--limit", "20", "--epochs", "3",
+            "--batch-size", "8", "--devices", "2", "--out", out]
+    process = start_and_wait_for_first_epoch(args)
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate()
+    before = json.loads((out / "state.json").read_text())
+    assert before["epoch"] in (1, 2) and (out / before["checkpoint"]).exists()
+
+    resumed = run_script("train/run.py", "--out", out, "--resume", "--devices", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {out} at epoch {before['epoch'] + 1} of 3" in resumed.stdout
+    assert "2 device(s)" in resumed.stdout
+    history = json.loads((out / "history.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(history["loss"]) == 3 and metrics["devices"] == 2
+    assert len(history["step_loss"]) == 3 * metrics["steps_per_epoch"]
+    assert history["step_loss"][:len(before["history"]["step_loss"])] == \
+        before["history"]["step_loss"]
+
+
+@pytest.mark.slow
+def test_two_processes_on_loopback_follow_one_device(real_data, tmp_path, one_device):
+    coordinator = f"127.0.0.1:{free_port()}"
+
+    def start(index: int) -> subprocess.Popen:
+        with open(tmp_path / f"process-{index}.log", "w") as log:  # the child keeps its copy
+            return subprocess.Popen(
+                [sys.executable, str(REPO / "train/run.py"), "--data", str(real_data), *SHORT,
+                 "--processes", "2", "--process-id", str(index), "--coordinator", coordinator,
+                 "--out", str(tmp_path / f"process-{index}")],
+                cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, stdout=log,
+                stderr=subprocess.STDOUT)
+
+    processes = [start(index) for index in range(2)]
+    try:
+        for index, process in enumerate(processes):
+            log = (tmp_path / f"process-{index}.log").read_text
+            assert process.wait(timeout=300) == 0, log()[-3000:]
+            assert "backend jax, 2 device(s)" in log()
+    finally:
+        for process in processes:  # one failed: the other would wait for it
+            process.kill()
+    for index in range(2):
+        out = tmp_path / f"process-{index}"
+        difference = largest_step_difference(
+            one_device("jax"), json.loads((out / "history.json").read_text()))
+        print(f"process {index} of 2: per-step loss against 1 device, max difference "
+              f"{difference:.2e}")
+        assert difference < STEP_TOLERANCE
+        assert json.loads((out / "metrics.json").read_text())["devices"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--devices", "0"], "--devices 0: expected all or a number of at least 1"),
+    (["--devices", "3", "--batch-size", "10"], "batch 10 does not split evenly over 3 devices"),
+])
+def test_device_errors_are_one_line_with_exit_2(real_data, tmp_path, args, message):
+    result = run_script("train/run.py", "--data", real_data, "--limit", "5", *args,
+                        "--out", tmp_path / "run")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
