@@ -8,6 +8,7 @@ the Classifier's lock; decoding a posted image does not.
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import hmac
@@ -64,6 +65,7 @@ class Stats:
                               len(BUCKETS_MS))] += 1
 
     def request(self, route: str, code: int) -> None:
+        route = route if route in ROUTES else "other"  # one label for any path a client makes up
         with self.lock:
             self.requests[route, code] = self.requests.get((route, code), 0) + 1
             self.errors += code >= 400
@@ -221,9 +223,25 @@ class Handler(BaseHTTPRequestHandler):
     timeout = 10  # seconds a client may stall a read or a write before it is dropped
     protocol_version = "HTTP/1.1"
     server_version = "edgeconv"
+    route = ""  # until the request line is read
+    body_unread = False  # a body the answer leaves behind: the connection is closed after it
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002  (the base's signature)
         pass  # one line per request would drown the camera's log; /metrics counts them
+
+    def handle(self) -> None:
+        # A client that went away or stalled mid-request: nobody to answer, nothing to log.
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            super().handle()
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """The standard library's own refusals (a malformed request line or headers, an
+        unknown method or version) as the same one-line JSON errors as every other answer."""
+        self.close_connection = True  # after a malformed request the stream cannot be trusted
+        if self.request_version == "HTTP/0.9":  # a request line it could not read at all
+            self.request_version = "HTTP/1.0"  # still answer with a status line
+        self.error(code, message or self.responses.get(code, ("error",))[0])
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -233,6 +251,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        if self.body_unread:
+            self.close_connection = True  # the body left behind is not the next request
+        if self.close_connection:
+            self.send_header("Connection", "close")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -270,22 +292,24 @@ class Handler(BaseHTTPRequestHandler):
         return any(hmac.compare_digest(value.encode(), token.encode()) for value in offered)
 
     def dispatch(self) -> None:
-        parts = urlsplit(self.path)
+        self.body_unread = "Transfer-Encoding" in self.headers or \
+            self.headers.get("Content-Length", "0").strip() != "0"
+        try:
+            parts = urlsplit(self.path)
+        except ValueError as error:  # e.g. "//[": an address that is not one
+            return self.error(400, f"bad request target ({error})")
         self.route, self.query = parts.path, parse_qs(parts.query)
         routes = ROUTES.get(self.route)
-        try:
-            if routes is None:
-                self.error(404, f"no route {self.route}")
-            elif self.command not in routes and not (self.command == "HEAD" and "GET" in routes):
-                self.error(405, f"{self.command} not allowed on {self.route}",
-                           {"Allow": ", ".join(routes)})
-            elif self.route != "/healthz" and not self.authorized():
-                self.error(401, "token required: Authorization: Bearer TOKEN, or open "
-                           "/?token=TOKEN once", {"WWW-Authenticate": "Bearer"})
-            else:
-                getattr(self, routes[self.command if self.command in routes else "GET"])()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.close_connection = True  # the client went away: nothing to answer
+        if routes is None:
+            self.error(404, f"no route {self.route}")
+        elif self.command not in routes and not (self.command == "HEAD" and "GET" in routes):
+            self.error(405, f"{self.command} not allowed on {self.route}",
+                       {"Allow": ", ".join(routes)})
+        elif self.route != "/healthz" and not self.authorized():
+            self.error(401, "token required: Authorization: Bearer TOKEN, or open "
+                       "/?token=TOKEN once", {"WWW-Authenticate": "Bearer"})
+        else:
+            getattr(self, routes[self.command if self.command in routes else "GET"])()
 
     do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = dispatch
 
@@ -312,23 +336,31 @@ class Handler(BaseHTTPRequestHandler):
         self.send_body(200, self.app.stats.prometheus(extra).encode(),
                        "text/plain; version=0.0.4")
 
-    def classify(self) -> None:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            return self.error(411, "send a Content-Length (chunked bodies are not accepted)")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self.close_connection = True
+    def read_body(self) -> bytes | None:
+        """The request's whole body, or None once the reason it cannot be had is answered."""
+        if "Transfer-Encoding" in self.headers:
+            return self.error(411, "send a Content-Length (Transfer-Encoding bodies such as "
+                              "chunked are not accepted)")
+        lengths = {value.strip() for value in self.headers.get_all("Content-Length", [])}
+        if not lengths:
             return self.error(411, "Content-Length required")
-        if length > self.app.max_body:
-            self.close_connection = True  # the body is not read: the connection cannot be reused
+        text = lengths.pop() if len(lengths) == 1 else ""  # two that disagree: no length
+        if not (text.isascii() and text.isdigit()):
+            return self.error(400, "Content-Length must be one whole number of bytes")
+        length = int(text)
+        if length > self.app.max_body:  # refused before it is read
             return self.error(413, f"body of {length} bytes is over the "
                               f"{self.app.max_body}-byte limit")
         body = self.rfile.read(length)
         if len(body) < length:
-            self.close_connection = True
             return self.error(400, f"body ended after {len(body)} of {length} bytes")
+        self.body_unread = False
+        return body
+
+    def classify(self) -> None:
+        body = self.read_body()
+        if body is None:
+            return
         try:
             data = self.image_bytes(body)
             classifier = self.app.model.classifier
@@ -344,7 +376,7 @@ class Handler(BaseHTTPRequestHandler):
     def image_bytes(self, body: bytes) -> bytes:
         """The image in a raw body, or in the `file` field of a multipart form."""
         content_type = self.headers.get("Content-Type", "")
-        if not content_type.startswith("multipart/form-data"):
+        if not content_type.lower().startswith("multipart/form-data"):
             return body
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
             f"Content-Type: {content_type}\r\n\r\n".encode() + body)
@@ -412,8 +444,12 @@ def load_or_create_token(path: Path) -> tuple[str, bool]:
     return token, True
 
 
-def make_server(app: App, host: str, port: int) -> ThreadingHTTPServer:
-    handler = type("BoundHandler", (Handler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True  # a stalled client never keeps the process alive
-    return server
+class Server(ThreadingHTTPServer):
+    daemon_threads = True  # a stalled client never keeps the process alive
+    # Connections waiting for accept(): the default 5 drops a burst of clients while the
+    # accepting thread waits its turn for the interpreter (they retry a second later, or fail).
+    request_queue_size = 128
+
+
+def make_server(app: App, host: str, port: int) -> Server:
+    return Server((host, port), type("BoundHandler", (Handler,), {"app": app}))

@@ -1,16 +1,22 @@
-"""Hostile photos and mutated model files into classify: no crash, no hang, the right exits.
+"""Hostile photos and mutated model files into classify, hostile clients into serve: no crash,
+no hang, the right exits and answers.
 
-CI runs a small count of the same generator as `tests/reliability/hostile.py` (which prints
-the table in docs/reliability.md with the full counts).
+CI runs a small count of the same generators as `tests/reliability/hostile.py` and
+`tests/reliability/fuzz_serve.py` (which print the tables in docs/reliability.md with the full
+counts).
 """
 
+import http.client
+import io
 import sys
+from collections import Counter
 
 import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "reliability"))
 
+import fuzz_serve  # noqa: E402
 import hostile  # noqa: E402
 
 
@@ -40,3 +46,46 @@ def test_the_verdicts_catch_what_they_are_for():
     assert hostile.classify_outcome("exit 2", "error: one line", "exit 0 or 2", "m") == "ok"
     assert len(hostile.FAILURES) == 5
     hostile.FAILURES.clear()
+
+
+@pytest.mark.slow
+def test_the_server_lives_through_hostile_clients(shipped):
+    report = fuzz_serve.fuzz(shipped / "plus_int8.tflite", requests=1500)
+    assert report.passed(), (report.rows(), report.rss_line(), report.failures[:20])
+    assert all(counts["tried"] for counts in report.counts.values())  # every case ran
+    assert report.checkpoint == 750 and report.rss_mb[0] > 20  # a real process was measured
+
+
+def test_the_server_verdicts_catch_what_they_are_for():
+    def answer(status: int, body: bytes, content_type: str = "application/json"):
+        headers = http.client.parse_headers(io.BytesIO(f"Content-Type: {content_type}\r\n\r\n"
+                                                       .encode()))
+        return fuzz_serve.Answer(status, headers, body)
+
+    check, refused = fuzz_serve.check, answer(400, b'{"error": "not an image"}\n')
+    assert check(refused, {"refusal"}) == ("ok", "")
+    assert check(answer(501, b'{"error": "Unsupported method"}\n'), {"refusal"})[0] == "ok"
+    assert check(fuzz_serve.Answer(), {"refusal", "drop"})[0] == "ok"
+    assert check(fuzz_serve.Answer(hung=True), {"answer"})[0] == "hang"
+    assert check(fuzz_serve.Answer(), {"answer"})[0] == "wrong"  # closed without an answer
+    assert check(answer(500, b'{"error": "boom"}\n'), {"refusal"})[0] == "wrong"
+    assert check(answer(400, b"<html>Bad</html>", "text/html"), {"refusal"})[0] == "wrong"
+    assert check(answer(400, b'{"error": "a"}\n{"error": "b"}\n'), {"refusal"})[0] == "wrong"
+    assert check(answer(200, b'{"label": "cats"}\n'), {"refusal"})[0] == "wrong"  # garbage
+    assert check(refused, {"answer"})[0] == "wrong"
+    assert check(fuzz_serve.Answer(garbled=b"<!DOCTYPE"), {"refusal"})[0] == "wrong"
+
+    cat = {"label": "cats", "scores": {"cats": 0.98, "dogs": 0.02}}
+    assert fuzz_serve.check_classify(refused, cat)[0] == "lost"
+    assert fuzz_serve.check_classify(answer(200, b'{"label": "cats", "scores": {"cats": 0.5, '
+                                                 b'"dogs": 0.5}}\n'), cat)[0] == "lost"
+    assert fuzz_serve.check_classify(answer(200, b'{"label": "cats"}\n'), "not an image")[0] \
+        == "wrong"
+    assert fuzz_serve.check_classify(refused, "empty file (0 bytes)")[0] == "wrong"
+    assert fuzz_serve.check_classify(refused, "not an image") == ("ok", "")
+
+    clean = {"a case": Counter(tried=10)}
+    assert fuzz_serve.Report(clean, [], 1000, 10000, (80.0, 89.9)).passed()
+    assert not fuzz_serve.Report(clean, [], 1000, 10000, (80.0, 90.1)).passed()
+    assert not fuzz_serve.Report({"a case": Counter(tried=10, wrong=1)}, [], 1000, 10000,
+                                 (80.0, 80.0)).passed()

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO
+from serve_process import Server
 
 from runtime.classifier import Classifier
 from runtime.hotswap import HotModel
@@ -34,45 +35,6 @@ def video(real_data, tmp_path_factory) -> Path:
         writer.write(cv2.resize(frame, (320, 240)))
     writer.release()
     return path
-
-
-class Server:
-    def __init__(self, *args, env=None):
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "runtime" / "serve"), *map(str, args), "--port",
-             str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})})
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(self.process.stderr.read())
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("server did not start")
-
-    def request(self, path, data=None, headers=None, method=None):
-        """(status, headers, body) of one request; HTTP errors are answers, not exceptions."""
-        request = urllib.request.Request(self.url + path, data=data, headers=headers or {},
-                                         method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.headers, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.headers, error.read()
-
-    def json(self, path, **kwargs):
-        status, _, body = self.request(path, **kwargs)
-        return status, json.loads(body)
-
-    def stop(self) -> str:
-        self.process.terminate()
-        _, stderr = self.process.communicate(timeout=20)
-        return stderr
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +82,44 @@ def test_bad_requests_get_json_errors_and_no_traceback(server):
     assert status == 405 and headers["Allow"] == "POST"
     status, answer = server.json("/healthz", data=b"x", method="DELETE")
     assert status == 405
+
+
+def test_malformed_requests_get_one_line_json_errors_and_never_a_traceback(server):
+    def answers(data: bytes, reset: bool = False) -> bytes:
+        """Everything the server sends back on one connection after `data`."""
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+            sock.sendall(data)
+            if reset:  # leave mid-request with a reset: nothing to answer, nothing to log
+                time.sleep(0.2)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+                return b""
+            sock.shutdown(socket.SHUT_WR)
+            return b"".join(iter(lambda: sock.recv(65536), b""))
+
+    photo = PHOTO.read_bytes()
+    for request, status, error in (
+            (b"POST /api/classify HTTP/1.1\r\nContent-Length: -5\r\n\r\n" + photo, 400,
+             "Content-Length must be one whole number of bytes"),
+            (b"POST /api/classify HTTP/1.1\r\nTransfer-Encoding: gzip\r\nContent-Length: "
+             + str(len(photo)).encode() + b"\r\n\r\n" + photo, 411,
+             "send a Content-Length (Transfer-Encoding bodies such as chunked are not accepted)"),
+            (b"GET /healthz HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431,
+             "Too many headers"),
+            (b"GARBAGE\r\n\r\n", 400, "Bad request syntax ('GARBAGE')"),
+            (b"GET http://[ HTTP/1.1\r\n\r\n", 400, "bad request target (Invalid IPv6 URL)")):
+        head, _, body = answers(request).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 %d " % status), head
+        assert b"Content-Type: application/json" in head and json.loads(body) == {"error": error}
+        assert body.count(b"\n") == 1
+    # A body nobody reads is not taken for the next request: one answer, then the door closes.
+    smuggled = answers(b"GET /healthz HTTP/1.1\r\nContent-Length: 22\r\n\r\n"
+                       b"GET /nope HTTP/1.1\r\n\r\n")
+    assert smuggled.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in smuggled
+    answers(b"GET /healthz HTTP/1.1\r\nHost: x\r\n", reset=True)  # the log is read at the end
+    for path in ("/made-up-1", "/made-up-2"):
+        server.request(path)
+    metrics = server.request("/metrics")[2].decode()
+    assert 'route="other",code="404"' in metrics and "made-up" not in metrics
 
 
 def test_an_oversized_body_is_refused_before_it_is_read(server):

@@ -1,0 +1,73 @@
+"""A real runtime/serve process on a free loopback port, for the tests and the server fuzz."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from conftest import REPO, free_port
+
+
+class Server:
+    def __init__(self, *args: str | Path, env: dict | None = None):
+        self.port = free_port()
+        # The log goes to a file: a pipe nobody reads would stall a server that logs a lot.
+        self.log_file = tempfile.TemporaryFile()  # noqa: SIM115  (closed by stop())
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "runtime" / "serve"), *map(str, args), "--port",
+             str(self.port)], stdout=subprocess.DEVNULL, stderr=self.log_file,
+            env={**os.environ, **(env or {})})
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(self.log())
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("server did not start")
+
+    def request(self, path: str, data: bytes | None = None, headers: dict | None = None,
+                method: str | None = None, timeout: float = 30) -> tuple[int, object, bytes]:
+        """(status, headers, body) of one request; HTTP errors are answers, not exceptions."""
+        request = urllib.request.Request(self.url + path, data=data, headers=headers or {},
+                                         method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers, error.read()
+
+    def json(self, path: str, **kwargs) -> tuple[int, dict]:
+        status, _, body = self.request(path, **kwargs)
+        return status, json.loads(body)
+
+    def rss_mb(self) -> float:
+        """The server's resident memory now (VmRSS)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError(f"no VmRSS for process {self.process.pid}")
+
+    def log(self) -> str:
+        """Everything the server has written to stderr so far."""
+        fd = self.log_file.fileno()  # pread: the server shares the file's offset
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+    def stop(self) -> str:
+        """Stop the server; its whole log."""
+        self.process.terminate()
+        self.process.wait(timeout=20)
+        log = self.log()
+        self.log_file.close()
+        return log
