@@ -230,8 +230,9 @@ def random_target(rng: random.Random) -> str:
     if kind == 2:
         return "/" + junk(rng, rng.randrange(1, 300)).replace(" ", "%20")
     if kind == 3:
-        return rng.choice(["//[", "http://[::1/healthz", "http://[", "//healthz", "*", "http://x/healthz", "/%ZZ", "/../..",
-                           "/healthz#frag", "/api/classify/", "//", "?", "/healthz;x", "%"])
+        return rng.choice(["//[", "http://[::1/healthz", "http://[", "//healthz", "*",
+                           "http://x/healthz", "/%ZZ", "/../..", "/healthz#frag",
+                           "/api/classify/", "//", "?", "/healthz;x", "%"])
     if kind == 4:
         return "/" + "a" * rng.randrange(1000, 70000)
     return "/" + "/".join(rng.choice(["api", "..", ".", "%2e", "healthz", "", "\x7f"])
