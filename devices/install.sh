@@ -72,7 +72,9 @@ else
 fi
 read -r -a packages <<< "$(field pip)"
 say "python packages: ${packages[*]}"
-"$venv/bin/pip" install -q --disable-pip-version-check "${packages[@]}"
+installed="$("$venv/bin/pip" install --disable-pip-version-check "${packages[@]}" |
+             sed -n 's/^Successfully installed //p')"
+[ -z "$installed" ] || say "python packages installed: $installed"
 
 if [ -n "$model" ]; then
   [ -f "$model" ] || die "model $model not found"

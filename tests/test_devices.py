@@ -1,17 +1,13 @@
 """devices/: profiles, install.sh in a clean folder, the systemd unit, deploy over real SSH."""
 
 import hashlib
-import os
 import platform
-import pwd
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
+import sshd
 from conftest import REPO, free_port, run_script
 
 from runtime.classifier import Classifier
@@ -97,55 +93,12 @@ def test_install_sh_in_a_clean_folder_then_again(exported, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ssh_device():
+def ssh_device(tmp_path_factory):
     """A real OpenSSH server on 127.0.0.1 with a throwaway host key, user and client key."""
-    if not Path("/usr/sbin/sshd").exists():
-        pytest.fail("OpenSSH server not installed (.ci/run installs openssh-server)")
-    if os.geteuid() != 0:
-        pytest.fail("the SSH deploy test creates a throwaway user and needs root")
-    base = Path(tempfile.mkdtemp(prefix="edgeconv-ssh-", dir="/var/tmp"))
-    home = Path("/var/tmp") / f"{USER}-home"
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--home-dir", str(home), "--shell",
-                        "/bin/bash", USER], check=True)
-    # No password, but not "locked" either: sshd without PAM refuses locked accounts.
-    subprocess.run(["usermod", "--password", "*", USER], check=True)
-    shutil.rmtree(home / "edgeconv", ignore_errors=True)  # every run deploys afresh
-    for key in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / key)],
-                       check=True)
-    ssh_dir = home / ".ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text((base / "client_key.pub").read_text())
-    user = pwd.getpwnam(USER)
-    for path in (ssh_dir, ssh_dir / "authorized_keys"):
-        os.chown(path, user.pw_uid, user.pw_gid)
-    os.chmod(ssh_dir / "authorized_keys", 0o600)
-    port = free_port()
-    config = base / "sshd_config"
-    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\n"
-                      f"PidFile {base / 'sshd.pid'}\nPasswordAuthentication no\n"
-                      "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin no\n"
-                      f"AllowUsers {USER}\nAuthorizedKeysFile .ssh/authorized_keys\n")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    yield {"port": port, "identity": base / "client_key", "home": home,
-           "host_key": (base / "host_key.pub").read_text().split()[:2],
-           "known_hosts": base / "known_hosts"}
-    server.terminate()
-    server.wait(timeout=10)
-    shutil.rmtree(base, ignore_errors=True)
-    subprocess.run(["userdel", "--remove", USER], capture_output=True)  # and its home
-    shutil.rmtree(home, ignore_errors=True)
+    with sshd.ssh_device(USER) as device:
+        yield {"port": device.port, "identity": device.identity, "home": device.home,
+               "host_key": list(device.host_key),
+               "known_hosts": tmp_path_factory.mktemp("ssh") / "known_hosts"}
 
 
 def deploy(device, model, *extra):
