@@ -14,6 +14,7 @@ explicit way to trust a device seen for the first time.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shlex
 import shutil
 import subprocess
@@ -84,11 +85,17 @@ class Remote:
         return "tar over ssh"
 
     def copy_model(self, model: Path) -> str:
-        """Upload to a temporary name, then rename: atomic on the device's filesystem."""
+        """Upload to a temporary name, check its digest, then rename: atomic on the device's
+        filesystem. A connection cut mid-upload ends `cat` as if the file had ended, so only
+        the digest tells a whole upload from a truncated one."""
         final = f"{self.dir}/models/current{model.suffix}"
         incoming = f"{self.dir}/models/.incoming{model.suffix}"
-        self.ssh(f"cat > {incoming} && mv -f {incoming} {final}", "copying the model",
-                 data=model.read_bytes())
+        data = model.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        self.ssh(f"cat > {incoming} && echo '{digest}  {incoming}' | sha256sum --check "
+                 f"--status && mv -f {incoming} {final} || {{ rm -f {incoming}; "
+                 "echo 'upload incomplete: the model on the device is unchanged' >&2; exit 1; }",
+                 "copying the model", data=data)
         return final
 
 

@@ -5,9 +5,12 @@
 #   devices/emulate.sh build ARCH               build the root filesystem, or unpack it from cache
 #   devices/emulate.sh run ARCH COMMAND...      run COMMAND inside it (bash -c), /proc /sys /dev mounted
 #   devices/emulate.sh clean ARCH               remove the unpacked root filesystem (cache kept)
+#   devices/emulate.sh path ARCH                print where the unpacked root filesystem is
 #
-# Root filesystems live in $EDGECONV_CACHE/pi (default ~/.cache/edgeconv/pi): ARCH/ unpacked,
-# ARCH-<hash>.tar.gz cached, keyed by the package list, so a warm build is an unpack. The
+# Root filesystems live in $EDGECONV_PI_CACHE (default $EDGECONV_CACHE/pi, else
+# ~/.cache/edgeconv/pi): ARCH/ unpacked, ARCH-<hash>.tar.gz cached, keyed by the package list,
+# so a warm build is an unpack; ARCH-pip/ is the guest's pip cache. Builds of one ARCH wait for
+# each other (flock), so one can start early in the background. The
 # Debian mirror is the one apt already uses here. Two traps of Debian 12's qemu 7.2 are handled:
 # the guest would see this machine's x86 /proc/cpuinfo (on which LiteRT and ONNX Runtime crash),
 # so a Pi's cpuinfo is bind-mounted over it; and the default "max" CPU gives wrong XNNPACK int8
@@ -15,13 +18,13 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache="${EDGECONV_CACHE:-$HOME/.cache/edgeconv}/pi"
+cache="${EDGECONV_PI_CACHE:-${EDGECONV_CACHE:-$HOME/.cache/edgeconv}/pi}"
 packages="python3,python3-venv,python3-pip,ca-certificates,openssh-server,rsync,sudo,procps"
 
 die() { printf 'emulate: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'emulate: %s\n' "$*" >&2; }
 
-[ $# -ge 2 ] || { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 action="$1" arch="$2"
 shift 2
 case "$arch" in
@@ -69,6 +72,8 @@ mount_guest() {
   mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev" && mounted+=("$root/dev")
   mount --bind "$here/emulate/cpuinfo-$arch" "$root/proc/cpuinfo" &&
     mounted+=("$root/proc/cpuinfo")
+  mkdir -p "$cache/$arch-pip" "$root/root/.cache/pip"
+  mount --bind "$cache/$arch-pip" "$root/root/.cache/pip" && mounted+=("$root/root/.cache/pip")
   cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
   # The guest trusts what this machine trusts (a TLS-inspecting proxy's CA, for instance).
   if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
@@ -78,17 +83,28 @@ mount_guest() {
   fi
 }
 
+locked() {  # one build or clean of an ARCH at a time: a background build may be running
+  mkdir -p "$cache"
+  exec 9> "$cache/$arch.lock"
+  flock 9
+  "$@"
+  exec 9>&-
+}
+
 build() {
   binfmt
-  if [ -x "$root/usr/bin/python3" ]; then
+  locked unpack_or_bootstrap
+}
+
+unpack_or_bootstrap() {
+  if [ -x "$root/usr/bin/python3" ] && [ "$(cat "$root/.edgeconv-key" 2>/dev/null)" = "$key" ]; then
     say "$arch root filesystem ready at $root"
     return
   fi
-  mkdir -p "$cache"
   if [ -f "$tarball" ]; then
     say "unpacking $tarball"
     rm -rf "$root" && mkdir -p "$root"
-    tar -xzf "$tarball" -C "$root"
+    tar -xzf "$tarball" -C "$root" && echo "$key" > "$root/.edgeconv-key"
     return
   fi
   local started=$SECONDS staging="$root.partial"
@@ -97,6 +113,7 @@ build() {
   debootstrap --arch="$arch" --variant=minbase --include="$packages" bookworm "$staging" \
     "$(mirror)" > "$cache/$arch-debootstrap.log" 2>&1 ||
     die "debootstrap failed; see $cache/$arch-debootstrap.log"
+  echo "$key" > "$staging/.edgeconv-key"
   rm -rf "$root" && mv "$staging" "$root"
   tar -czf "$tarball.partial" -C "$root" . && mv "$tarball.partial" "$tarball"
   say "$arch built in $((SECONDS - started)) s, cached as $tarball"
@@ -113,6 +130,7 @@ case "$action" in
       SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
       PIP_DEFAULT_TIMEOUT=180 /bin/bash -c "$*"
     ;;
-  clean) unmount_all; rm -rf "$root" ;;
+  clean) unmount_all; locked rm -rf "$root" ;;
+  path) echo "$root" ;;
   *) die "unknown action '$action' (build, run, clean)" ;;
 esac

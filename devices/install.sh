@@ -6,8 +6,9 @@
 #                      [--no-apt] [--render-unit FILE]
 #
 # Detects the architecture and OS, creates a virtual environment holding only what the
-# profile's runtime needs (numpy, Pillow, one engine; picamera2 comes from apt on Raspberry Pi
-# OS), then classifies the bundled photo with the model as a self-test. Safe to re-run.
+# profile's runtime needs (numpy, Pillow, one engine: ONNX Runtime for an .onnx model, else the
+# profile's TFLite engine; picamera2 comes from apt on Raspberry Pi OS), then classifies the
+# bundled photo with the model as a self-test. Safe to re-run.
 # --model defaults to the shipped plus model (models/plus_int8.tflite) in a clone.
 # --service installs and starts edgeconv-camera.service (classify --camera, lines to the
 # journal) or, with "serve", edgeconv-serve.service (the preview page and HTTP API on
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
     --user) user="$2"; shift 2 ;;
     --no-apt) apt=0; shift ;;
     --render-unit) render="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -71,6 +72,13 @@ else
   say "virtual environment: $venv (reused)"
 fi
 read -r -a packages <<< "$(field pip)"
+case "$model" in
+  *.onnx)
+    case " $(field engines) " in
+      *" onnxruntime "*) packages+=(onnxruntime) ;;
+      *) die "profile $profile offers no ONNX Runtime (no wheels for $(field arch)); use a .tflite model" ;;
+    esac ;;
+esac
 say "python packages: ${packages[*]}"
 installed="$("$venv/bin/pip" install --disable-pip-version-check "${packages[@]}" |
              sed -n 's/^Successfully installed //p')"
