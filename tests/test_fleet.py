@@ -100,7 +100,7 @@ class Fleet:
     def bring_to(self, model: Path) -> None:
         """Every host on `model`, as the earlier tests leave them: a test's starting point."""
         if set(self.current().values()) != {sha256(model)}:
-            run = self.rollout(model, "-e", "serial=100%")
+            run = self.rollout(model, "-e", "batch_size=100%")
             assert run.returncode == 0, run.output[-3000:]
 
 
@@ -138,7 +138,7 @@ def fleet(tmp_path_factory, shipped) -> Iterator[Fleet]:
 @pytest.fixture(scope="module")
 def fleet_on_plus(fleet) -> Run:
     """The first rollout: host keys accepted on first contact, the plus model everywhere."""
-    run = fleet.rollout(PLUS, "-e", "accept_new_host_keys=true", "-e", "serial=100%")
+    run = fleet.rollout(PLUS, "-e", "accept_new_host_keys=true", "-e", "batch_size=100%")
     assert run.returncode == 0, run.output[-3000:]
     print(f"\nfirst rollout to {len(fleet.devices)} hosts (cold): {run.seconds:.1f} s")
     return run
@@ -192,7 +192,7 @@ def test_the_code_archive_depends_only_on_the_files_contents(tmp_path):
 @pytest.mark.system
 def test_devices_with_unknown_host_keys_are_refused(fleet, tmp_path):
     empty = tmp_path / "known_hosts"
-    run = fleet.rollout(PLUS, "-e", f"edgeconv_known_hosts={empty}", "-e", "serial=100%")
+    run = fleet.rollout(PLUS, "-e", f"edgeconv_known_hosts={empty}", "-e", "batch_size=100%")
     assert run.returncode != 0
     assert run.output.count("Host key verification failed") >= len(fleet.devices)
     recap = run.recap()
@@ -212,11 +212,11 @@ def test_a_rollout_reaches_every_host_and_a_second_run_changes_nothing(fleet, fl
         assert reports[host].endswith(f"self-test passed ({expect})")
     assert set(fleet.current().values()) == {sha256(PLUS)}
 
-    again = fleet.rollout(PLUS, "-e", "serial=100%")
+    again = fleet.rollout(PLUS, "-e", "batch_size=100%")
     print(f"\nsame model again (warm): {again.seconds:.1f} s")
     assert again.returncode == 0, again.output[-3000:]
     assert {host: counts["changed"] for host, counts in again.recap().items()} == {
-        host: 0 for host in [*fleet.devices, "localhost"]}, again.output
+        host: 0 for host in fleet.devices}, again.output
     assert all(report.endswith("; nothing changed") for report in again.reports().values())
     assert len(again.reports()) == len(fleet.devices)
 
@@ -227,7 +227,7 @@ def test_a_broken_host_fails_alone_and_later_batches_keep_their_model(fleet, fle
     first, broken, last = fleet.devices
     untouched = sorted(fleet.models(last).iterdir())
     with read_only(fleet.devices[broken].home / "edgeconv", fleet.devices[broken].user):
-        run = fleet.rollout(AUGMENTED, "-e", "serial=1", "-e", "max_fail_percentage=0")
+        run = fleet.rollout(AUGMENTED, "-e", "batch_size=1", "-e", "max_fail_percent=0")
     print(f"\nbroken host: {run.seconds:.1f} s\n" + "\n".join(
         line for line in run.output.splitlines() if line.startswith("fatal:")))
     assert run.returncode != 0
@@ -249,7 +249,7 @@ def test_a_corrupted_model_is_refused_by_the_first_batch(fleet, fleet_on_plus, t
     here = fleet.rollout(corrupt)
     assert here.returncode != 0
     assert "cannot classify devices/selftest/cat.jpg with" in here.output
-    assert set(here.recap()) == {"localhost"}  # refused before any host
+    assert "PLAY [Roll out edgeconv]" not in here.output  # refused before any host
 
     expect = Classifier(PLUS).predict(PHOTO).label
     run = fleet.rollout(corrupt, "-e", f"expect={expect}")  # default batches: one host first
@@ -266,9 +266,32 @@ def test_a_corrupted_model_is_refused_by_the_first_batch(fleet, fleet_on_plus, t
 
 
 @pytest.mark.system
+def test_a_device_set_up_by_deploy_py_joins_the_fleet_keeping_its_model(fleet, fleet_on_plus):
+    fleet.bring_to(PLUS)
+    host = "fleet-3"
+    device = fleet.devices[host]
+    deployed = run_script("devices/deploy.py", "--host", f"{device.user}@127.0.0.1", "--port",
+                          device.port, "--identity", device.identity, "--known-hosts",
+                          fleet.known_hosts, "--model", AUGMENTED, "--profile", PROFILE)
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    current = fleet.models(host) / "current.tflite"
+    assert not current.is_symlink() and sha256(current) == sha256(AUGMENTED)
+
+    run = fleet.rollout(PLUS, "--limit", host)
+    assert run.returncode == 0, run.output[-3000:]
+    assert set(run.recap()) == {host}  # the other hosts are not contacted
+    kept = f"deployed-{sha256(AUGMENTED)[:12]}.tflite"
+    assert run.reports()[host].startswith(
+        f"switched to plus_int8-{sha256(PLUS)[:12]}.tflite from {kept}, self-test passed")
+    previous = fleet.models(host) / "previous.tflite"
+    assert previous.resolve().name == kept and sha256(previous) == sha256(AUGMENTED)
+    assert fleet.current()[host] == sha256(PLUS)
+
+
+@pytest.mark.system
 def test_rollback_puts_the_previous_model_back_everywhere(fleet, fleet_on_plus):
     fleet.bring_to(PLUS)
-    forward = fleet.rollout(AUGMENTED, "-e", "serial=100%")
+    forward = fleet.rollout(AUGMENTED, "-e", "batch_size=100%")
     assert forward.returncode == 0, forward.output[-3000:]
     assert set(fleet.current().values()) == {sha256(AUGMENTED)}
 
@@ -278,7 +301,7 @@ def test_rollback_puts_the_previous_model_back_everywhere(fleet, fleet_on_plus):
     assert set(fleet.current().values()) == {sha256(PLUS)}
     assert set(back.reports().values()) == {f"rolled back to plus_int8-{sha256(PLUS)[:12]}.tflite"}
 
-    again = fleet.run("-e", "rollback=true", "-e", "serial=100%")
+    again = fleet.run("-e", "rollback=true", "-e", "batch_size=100%")
     assert again.returncode == 0 and all(
         counts["changed"] == 0 for counts in again.recap().values())
     assert set(fleet.current().values()) == {sha256(PLUS)}
