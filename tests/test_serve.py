@@ -229,6 +229,8 @@ def test_another_address_needs_a_token_kept_with_0600(shipped, tmp_path):
         cookie = response.getheader("Set-Cookie").split(";")[0]
         assert "HttpOnly" in response.getheader("Set-Cookie")
         assert running.request("/", headers={"Cookie": cookie})[0] == 200
+        other_apps = f'=x; a,b="c; {cookie}; theme=dark'  # localhost cookies of any port
+        assert running.request("/", headers={"Cookie": other_apps})[0] == 200
         assert running.request("/stream.mjpg", headers={"Cookie": cookie})[0] == 404  # no camera
     finally:
         log = running.stop()
