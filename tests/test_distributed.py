@@ -125,3 +125,18 @@ def test_device_errors_are_one_line_with_exit_2(real_data, tmp_path, args, messa
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_memory_benchmark_prints_peak_rss_for_every_size_and_cache(real_data, tmp_path):
+    result = run_script("train/bench_memory.py", "--data", real_data, "--sizes", "40,80",
+                        "--steps", "1", "--json", tmp_path / "memory.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "memory.json").read_text())["peak_rss_mb"]
+    assert list(figures) == ["40", "80"]
+    for size, row in figures.items():
+        assert list(row) == ["first", "cached", "in memory"] and min(row.values()) > 0
+        ratios = [row[mode] / figures["40"][mode] for mode in row]
+        printed = " | ".join(f"{row[mode]:.0f}" for mode in row)
+        assert f"| {int(size):,} | {printed} | " in result.stdout
+        assert " | ".join(f"{ratio:.2f}x" for ratio in ratios) + " |" in result.stdout
