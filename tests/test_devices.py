@@ -1,9 +1,12 @@
 """devices/: profiles, install.sh in a clean folder, the systemd unit, deploy over real SSH."""
 
+import contextlib
 import hashlib
 import platform
 import shutil
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,8 @@ def test_every_profile_names_an_engine_threads_camera_and_packages():
     for name in available():
         profile = load_profile(name)
         assert profile["engine"] in ("litert", "tflite-runtime")
-        assert {"threads", "camera", "width", "height", "every", "pip"} <= set(profile)
+        assert profile["engine"] in profile["engines"]
+        assert {"engines", "threads", "camera", "width", "height", "every", "pip"} <= set(profile)
     assert "numpy<2" in load_profile("raspberry-pi-32bit")["pip"]
     here = load_profile("auto")  # the profile for this machine's architecture
     assert here["name"] == detect() and platform.machine() in here["arch"]
@@ -134,6 +138,66 @@ def test_deploy_over_ssh_checks_host_keys_then_installs_and_replaces_the_model(s
     leftovers = [p.name for p in remote_model.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
     assert read_metadata(remote_model)["quantization"] == "float16"
+
+
+class CuttingRelay:
+    """A TCP relay to `port` that drops any connection once more than `limit` bytes went
+    upstream through it, as a Wi-Fi link lost in the middle of an upload would."""
+
+    def __init__(self, port: int, limit: int):
+        self.target, self.limit, self.cuts = port, limit, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for source, sink, counted in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self.pump, args=(source, sink, counted),
+                                 daemon=True).start()
+
+    def pump(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sent += len(data)
+                if counted and sent > self.limit:
+                    self.cuts += 1
+                    break
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+
+@pytest.mark.system
+def test_an_upload_cut_midway_keeps_the_old_model_and_the_next_deploy_succeeds(ssh_device,
+                                                                              shipped, tmp_path):
+    old, new = shipped / "plus_int8.tflite", shipped / "augmented_int8.tflite"
+    first = deploy(ssh_device, old, "--accept-new-host-key")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    remote_model = ssh_device["home"] / "edgeconv" / "models" / "current.tflite"
+    # Past the code (rsync sends only what changed) but inside the 3.5 MB model upload.
+    relay = CuttingRelay(ssh_device["port"], limit=new.stat().st_size // 2)
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{relay.port} {' '.join(ssh_device['host_key'])}\n")
+    cut = deploy({**ssh_device, "port": relay.port, "known_hosts": known_hosts}, new)
+    relay.listener.close()
+    assert relay.cuts == 1
+    assert cut.returncode == 1 and "copying the model failed" in cut.stderr, cut.stderr
+    assert "Traceback" not in cut.stderr
+    assert remote_model.read_bytes() == old.read_bytes()
+
+    again = deploy(ssh_device, new)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert remote_model.read_bytes() == new.read_bytes()
+    assert "self-test passed: cats" in again.stdout
 
 
 def test_deploy_to_a_closed_port_fails_with_a_clear_message(exported, tmp_path):
