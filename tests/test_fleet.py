@@ -28,7 +28,6 @@ from conftest import MODELS, REPO, run_script
 from runtime.classifier import Classifier
 from runtime.profiles import available, load_profile
 
-PLAYBOOK = REPO / "devices" / "fleet" / "rollout.yml"
 ANSIBLE = Path(sys.executable).parent
 PROFILE = "linux-x86_64"
 PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
@@ -71,6 +70,7 @@ class Run:
 class Fleet:
     devices: dict[str, sshd.SSHDevice]
     inventory: Path
+    playbook: Path
     env: dict[str, str]
 
     @property
@@ -80,7 +80,7 @@ class Fleet:
     def run(self, *extra: str) -> Run:
         started = time.monotonic()
         result = subprocess.run([str(ansible("ansible-playbook")), "-i", str(self.inventory),
-                                 str(PLAYBOOK), *extra], capture_output=True, text=True,
+                                 str(self.playbook), *extra], capture_output=True, text=True,
                                 cwd=REPO, env=self.env, timeout=600)
         return Run(result.returncode, result.stdout + result.stderr,
                    time.monotonic() - started)
@@ -102,6 +102,14 @@ class Fleet:
         if set(self.current().values()) != {sha256(model)}:
             run = self.rollout(model, "-e", "batch_size=100%")
             assert run.returncode == 0, run.output[-3000:]
+
+
+def snapshot(clone: Path) -> Path:
+    """runtime/ and devices/ as they are now: a rollout sends the code when its bytes change,
+    so the tests' runs must not see edits made to the working tree meanwhile."""
+    for folder in ("runtime", "devices"):
+        shutil.copytree(REPO / folder, clone / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return clone
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +138,8 @@ def fleet(tmp_path_factory, shipped) -> Iterator[Fleet]:
                 "hosts": hosts, "vars": {"edgeconv_profile": PROFILE}}}}}, indent=1))
             env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOME": str(work / "ansible"),
                    "XDG_CACHE_HOME": str(work / "cache")}
-            yield Fleet(devices, inventory, env)
+            yield Fleet(devices, inventory, snapshot(work / "clone") / "devices" / "fleet" /
+                        "rollout.yml", env)
     finally:
         shutil.rmtree(wheels, ignore_errors=True)
 
