@@ -286,8 +286,9 @@ class Handler(BaseHTTPRequestHandler):
         header = self.headers.get("Authorization", "")
         if header.startswith("Bearer "):
             offered.append(header[len("Bearer "):].strip())
-        for pair in self.headers.get("Cookie", "").split(";"):  # by hand: SimpleCookie
-            name, _, value = pair.strip().partition("=")  # raises on other apps' odd cookies
+        # By hand: SimpleCookie raises on the odd cookies other localhost apps may set.
+        for pair in self.headers.get("Cookie", "").split(";"):
+            name, _, value = pair.strip().partition("=")
             if name == COOKIE:
                 offered.append(value)
         offered += self.query.get("token", [])
@@ -298,7 +299,7 @@ class Handler(BaseHTTPRequestHandler):
             self.headers.get("Content-Length", "0").strip() != "0"
         try:
             parts = urlsplit(self.path)
-        except ValueError as error:  # e.g. "//[": an address that is not one
+        except ValueError as error:  # e.g. "http://[": an address that is not one
             return self.error(400, f"bad request target ({error})")
         self.route, self.query = parts.path, parse_qs(parts.query)
         routes = ROUTES.get(self.route)
