@@ -87,8 +87,11 @@ installed="$("$venv/bin/pip" install --disable-pip-version-check "${packages[@]}
 if [ -n "$model" ]; then
   [ -f "$model" ] || die "model $model not found"
   say "self-test: classifying devices/selftest/cat.jpg with $model"
+  errors="$(mktemp)"
   result="$("$venv/bin/python" "$root/runtime/classify" "$model" "$here/selftest/cat.jpg" \
-            --profile "$profile" --json 2>/dev/null)" || die "self-test could not classify"
+            --profile "$profile" --json 2>"$errors")" ||
+    die "self-test could not classify: $(tail -n 1 "$errors" | sed 's/^error: //'; rm -f "$errors")"
+  rm -f "$errors"
   label="$(printf '%s' "$result" | "$venv/bin/python" -c 'import json,sys; print(json.loads(sys.stdin.readline())["label"])')"
   if [ -n "$expect" ] && [ "$label" != "$expect" ]; then
     die "self-test failed: got '$label', expected '$expect'"

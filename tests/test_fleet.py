@@ -267,8 +267,9 @@ def test_a_corrupted_model_is_refused_by_the_first_batch(fleet, fleet_on_plus, t
     assert run.returncode != 0
     first, *others = fleet.devices
     assert run.recap()[first]["failed"] == 1 and not set(others) & set(run.recap())
-    assert f"self-test of corrupt-{sha256(corrupt)[:12]}.tflite failed, old model kept" \
-        in run.output
+    assert f"self-test of corrupt-{sha256(corrupt)[:12]}.tflite failed, old model kept: " \
+        "install: error: self-test could not classify: " in run.output
+    assert "truncated or corrupt TFLite file" in run.output
     assert set(fleet.current().values()) == {sha256(PLUS)}
     for host in fleet.devices:
         assert not list(fleet.models(host).glob("corrupt-*"))
