@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+_PARTIAL = re.compile(r"\.[^/]+\.[a-z0-9_]{8}(\.[^./]+)?")  # mkstemp's names below
 
 
 @contextmanager
@@ -29,6 +32,16 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, final)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def remove_partial_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete what atomic_path left in `folder` when its process was killed mid-write (a
+    SIGKILL runs no cleanup); the files they would have become are untouched."""
+    partial = [path for path in Path(folder).glob(".*")
+               if path.is_file() and _PARTIAL.fullmatch(path.name)]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -73,7 +73,7 @@ def test_two_devices_resume_after_sigkill(real_data, tmp_path):
 
     resumed = run_script("train/run.py", "--out", out, "--resume", "--devices", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming {out} at epoch {before['epoch'] + 1} of 3" in resumed.stdout
+    assert f"resuming {out} after epoch {before['epoch']} of 3" in resumed.stdout
     assert "2 device(s)" in resumed.stdout
     history = json.loads((out / "history.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())

@@ -111,7 +111,7 @@ def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp
 
     resumed = run_script("train/run.py", "--out", out, "--resume")  # the run's own settings
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming {out} at epoch {before['epoch'] + 1} of 3" in resumed.stdout
+    assert f"resuming {out} after epoch {before['epoch']} of 3" in resumed.stdout
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss"]) == 3
     assert history["loss"][: before["epoch"]] == before["history"]["loss"]

@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full or failing disk: the last whole epoch stays saved
+        print(f"error: {error.filename or args.out}: {error.strerror or error}; the last "
+              f"whole epoch is saved: continue with: python train/run.py --out {args.out} "
+              "--resume", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

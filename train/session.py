@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.evaluate import accuracy, confusion_matrix, decide
-from runtime.files import atomic_path, write_json
+from runtime.files import atomic_path, remove_partial_files, write_json
 from train.backend import import_keras
 from train.dataset import DataError, find_dataset, load_split, resolve_data
 from train.recipes import RECIPES, with_settings
@@ -163,10 +163,13 @@ def start_or_resume(out: Path, config: dict, recipe, steps: int, resumed: bool):
 
     keras = import_keras()
     state_file = out / trainer.STATE_FILE
+    if resumed:
+        for partial in remove_partial_files(out):
+            print(f"removed {partial.name}, a file the interrupted run had not finished")
     state = json.loads(state_file.read_text()) if resumed and state_file.exists() else None
     if state and state.get("checkpoint"):
         model = keras.saving.load_model(out / state["checkpoint"])
-        print(f"resuming {out} at epoch {state['epoch'] + 1} of {config['epochs']}")
+        print(f"resuming {out} after epoch {state['epoch']} of {config['epochs']}")
     else:
         state = {"epoch": 0, "checkpoint": None, "history": {}, "train_seconds": 0.0}
         keras.utils.set_random_seed(config["seed"])  # the initial weights too follow --seed

@@ -116,8 +116,12 @@ class Checkpointer(keras.callbacks.Callback):
             self.state["history"].setdefault(key, []).append(float(value))
         self.state["history"].setdefault("step_loss", []).extend(self.step_losses)
         name = f"checkpoint-{epoch + 1:03d}.keras"
-        with atomic_path(self.run_dir / name) as tmp:
-            self.model.save(tmp)
+        try:
+            with atomic_path(self.run_dir / name) as tmp:
+                self.model.save(tmp)
+        except OSError as error:  # Keras's zip writer does not name the file
+            error.filename = error.filename or str(self.run_dir / name)
+            raise
         previous = self.state.get("checkpoint")
         self.state.update(epoch=epoch + 1, checkpoint=name)
         write_json(self.run_dir / STATE_FILE, self.state)
