@@ -198,6 +198,7 @@ def test_an_upload_cut_midway_keeps_the_old_model_and_the_next_deploy_succeeds(s
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert remote_model.read_bytes() == new.read_bytes()
     assert "self-test passed: cats" in again.stdout
+    print(f"\nthe cut deploy printed: {cut.stderr.strip()}")
 
 
 def test_deploy_to_a_closed_port_fails_with_a_clear_message(exported, tmp_path):
