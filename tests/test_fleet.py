@@ -276,6 +276,16 @@ def test_a_corrupted_model_is_refused_by_the_first_batch(fleet, fleet_on_plus, t
 
 
 @pytest.mark.system
+def test_a_service_without_systemd_is_refused_before_any_change(fleet, fleet_on_plus):
+    fleet.bring_to(PLUS)
+    before = {host: sorted(fleet.models(host).iterdir()) for host in fleet.devices}
+    run = fleet.rollout(AUGMENTED, "-e", "edgeconv_service=camera")  # no systemd here
+    assert run.returncode != 0
+    assert "edgeconv_service=camera needs systemd, which this host does not run" in run.output
+    assert {host: sorted(fleet.models(host).iterdir()) for host in fleet.devices} == before
+
+
+@pytest.mark.system
 def test_a_device_set_up_by_deploy_py_joins_the_fleet_keeping_its_model(fleet, fleet_on_plus):
     fleet.bring_to(PLUS)
     host = "fleet-3"
