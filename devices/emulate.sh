@@ -10,7 +10,8 @@
 # Root filesystems live in $EDGECONV_PI_CACHE (default $EDGECONV_CACHE/pi, else
 # ~/.cache/edgeconv/pi): ARCH/ unpacked, ARCH-<hash>.tar.gz cached, keyed by the package list,
 # so a warm build is an unpack; ARCH-pip/ is the guest's pip cache. Builds of one ARCH wait for
-# each other (flock), so one can start early in the background. The
+# each other (flock), so one can start early in the background. EDGECONV_PI_NAME=NAME keeps a
+# second root filesystem of ARCH in NAME/, to run two emulated Pis of one ARCH at once. The
 # Debian mirror is the one apt already uses here. Two traps of Debian 12's qemu 7.2 are handled:
 # the guest would see this machine's x86 /proc/cpuinfo (on which LiteRT and ONNX Runtime crash),
 # so a Pi's cpuinfo is bind-mounted over it; and the default "max" CPU gives wrong XNNPACK int8
@@ -33,7 +34,7 @@ case "$arch" in
   *) die "ARCH is arm64 or armhf, not '$arch'" ;;
 esac
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot and mounts)"
-root="$cache/$arch"
+root="$cache/${EDGECONV_PI_NAME:-$arch}"
 key="$(printf '%s %s bookworm' "$arch" "$packages" | sha256sum | cut -c1-12)"
 tarball="$cache/$arch-$key.tar.gz"
 

@@ -1,9 +1,12 @@
 """Raspberry Pi OS Bookworm, emulated (devices/emulate.sh): arm64 and 32-bit armhf.
 
 Inside each: install.sh for the Pi's profile, then classify 200 test photos with every engine
-the profile offers (a float32 model on 20); labels must equal x86's, int8 scores within one
-output step, float32 within 1e-5. Then deploy.py from x86 into an OpenSSH server running in
-the arm64 userland. A failure's first line names the architecture and the step.
+the profile offers, with the shipped int8 model and a float32 one; labels must equal x86's,
+int8 scores within one quantization step, float32 within 1e-5 (wider on 32-bit Arm: see
+ARMV7_INT8_STEPS and ARMV7_FLOAT_TOLERANCE). Then deploy.py from x86 into an OpenSSH server in
+a second arm64 userland, twice, and the fleet's Ansible rollout into it. The three emulated
+jobs run at once (QEMU runs each guest process on one core). A failure's first line names
+the architecture and the step.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -26,9 +31,15 @@ pytestmark = pytest.mark.system
 EMULATE = REPO / "devices" / "emulate.sh"
 PROFILES = {"arm64": "raspberry-pi-4", "armhf": "raspberry-pi-32bit"}
 PHOTOS_PER_CLASS = 100
-FLOAT_PHOTOS_PER_CLASS = 10  # float32 convolutions are slow to emulate (minutes per 100)
 FLOAT_TOLERANCE = 1e-5
+# 32-bit Arm sums float32 products in another order (4-wide NEON, no x86 FMA): 1.3e-5 seen.
+ARMV7_FLOAT_TOLERANCE = 5e-5
+# tflite-runtime's 32-bit Arm int8 kernels round requantized values differently from x86's
+# (the first convolution already differs by one step in 78 of 180,000 values); through the
+# plus model's 30 layers that adds up to 16 output steps on the test photos.
+ARMV7_INT8_STEPS = 32
 GUEST_CLONE = "/root/edgeconv"  # where a Pi user would have cloned the repository
+VERSIONS = ("numpy", "pillow", "ai-edge-litert", "tflite-runtime", "onnxruntime")
 
 
 def pi_cache() -> Path:
@@ -45,55 +56,206 @@ def step_failed(arch: str, step: str, result: subprocess.CompletedProcess) -> No
 
 @dataclass
 class EmulatedPi:
+    """One root filesystem of `arch`, kept under `name`, and the time each step took."""
+
     arch: str
-    root: Path
+    name: str
+    root: Path = Path()
+    seconds: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def profile(self) -> dict:
-        return json.loads((self.root / GUEST_CLONE[1:] / "devices" / PROFILES[self.arch] /
-                           "profile.json").read_text())
+    def environment(self) -> dict:
+        return {**os.environ, "EDGECONV_PI_CACHE": str(pi_cache()), "EDGECONV_PI_NAME": self.name}
 
-    def emulate(self, step: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    def emulate(self, step: str, *args: str, timeout: float = 1800) -> str:
         started = time.monotonic()
         result = subprocess.run(["bash", str(EMULATE), *args], capture_output=True, text=True,
-                                timeout=timeout, env={**os.environ,
-                                                      "EDGECONV_PI_CACHE": str(pi_cache())})
+                                timeout=timeout, env=self.environment())
         if result.returncode != 0:
             step_failed(self.arch, step, result)
-        print(f"emulated {self.arch}: {step}: {time.monotonic() - started:.0f} s", flush=True)
-        return result
+        self.seconds[step] = round(time.monotonic() - started, 1)
+        return result.stdout
 
-    def run(self, step: str, command: str, timeout: float = 1800) -> str:
+    def fresh(self) -> EmulatedPi:
+        """A clean root filesystem: debootstrapped, or unpacked from the cache."""
+        self.emulate("clean", "clean", self.arch)
+        self.emulate("build", "build", self.arch, timeout=3600)
+        self.root = Path(self.emulate("path", "path", self.arch).strip())
+        return self
+
+    def shell(self, step: str, command: str) -> str:
+        """`command` in the guest; its stdout."""
+        return self.emulate(step, "run", self.arch, command)
+
+    def run(self, step: str, command: str) -> str:
         """`command` in the guest, from the clone; its stdout."""
-        return self.emulate(step, "run", self.arch, f"cd {GUEST_CLONE} && {command}",
-                            timeout=timeout).stdout
+        return self.shell(step, f"cd {GUEST_CLONE} && {command}")
 
 
-@pytest.fixture(scope="module", params=sorted(PROFILES))
-def pi(request, real_data) -> EmulatedPi:
-    """A clean Bookworm root filesystem holding a clone's runtime/, devices/, models/ and
-    200 test photos."""
-    arch = request.param
-    for tool in ("debootstrap", f"qemu-{'aarch64' if arch == 'arm64' else 'arm'}-static"):
-        if not shutil.which(tool):
-            pytest.fail(f"{tool} missing (.ci/run installs debootstrap and qemu-user-static)")
-    if os.geteuid() != 0:
-        pytest.fail("the emulated Pi needs root (chroot, mounts)")
-    pi = EmulatedPi(arch, Path())
-    pi.emulate("clean", "clean", arch)
-    pi.emulate("build (debootstrap, or unpack the cache)", "build", arch, timeout=3600)
-    pi.root = Path(pi.emulate("path", "path", arch).stdout.strip())
+@dataclass
+class Classified:
+    pi: EmulatedPi
+    rows: dict[str, dict]  # "engine model" -> classify --json rows
+    versions: list[str]
+
+
+def classify_rows(output: str) -> dict[str, dict]:
+    """classify --json lines, keyed by the photo's class folder and name."""
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return {"/".join(Path(row["path"]).parts[-2:]): row for row in rows}
+
+
+def engine_cases(profile: dict) -> list[tuple[str, str]]:
+    """(engine, model file suffix) for every engine the profile offers."""
+    return [(engine, ".onnx" if engine == "onnxruntime" else ".tflite")
+            for engine in profile["engines"]]
+
+
+def install_and_classify(arch: str, real_data: Path, float_models: dict[str, Path]
+                         ) -> Classified:
+    """What a Pi user runs in a clone: install.sh (per engine's model), then classify."""
+    pi = EmulatedPi(arch, arch).fresh()
     clone = pi.root / GUEST_CLONE[1:]
     for folder in ("runtime", "devices", "models"):
         shutil.copytree(REPO / folder, clone / folder,
                         ignore=shutil.ignore_patterns("__pycache__", "*.keras"))
+    for suffix, model in float_models.items():
+        shutil.copy(model, clone / "models" / f"test_float32{suffix}")
     for name in ("cats", "dogs"):
-        photos = sorted((real_data / "test" / name).iterdir())
-        for folder, count in (("photos", PHOTOS_PER_CLASS), ("few", FLOAT_PHOTOS_PER_CLASS)):
-            (clone / folder / name).mkdir(parents=True)
-            for photo in photos[:count]:
-                shutil.copy(photo, clone / folder / name / photo.name)
-    return pi
+        (clone / "photos" / name).mkdir(parents=True)
+        for photo in sorted((real_data / "test" / name).iterdir())[:PHOTOS_PER_CLASS]:
+            shutil.copy(photo, clone / "photos" / name / photo.name)
+    profile = json.loads((REPO / "devices" / PROFILES[arch] / "profile.json").read_text())
+    rows = {}
+    for engine, suffix in engine_cases(profile):
+        shipped = f"models/plus_int8{suffix}"
+        installed = pi.run(f"install.sh --profile {profile['name']} --model {shipped}",
+                           f"bash devices/install.sh --profile {profile['name']} --model "
+                           f"{shipped} --expect cats --no-apt")
+        assert "self-test passed: cats" in installed, f"emulated {arch}: {installed}"
+        for model in (shipped, f"models/test_float32{suffix}"):
+            rows[f"{engine} {model}"] = classify_rows(pi.run(
+                f"classify {model} with {engine}",
+                f".venv/bin/python runtime/classify {model} photos --engine {engine} --json"))
+    versions = pi.run("pip list", ".venv/bin/python -m pip list --format=freeze").split()
+    return Classified(pi, rows, [line for line in versions
+                                 if line.split("==")[0].lower() in VERSIONS])
+
+
+def start_guest_sshd(pi: EmulatedPi, keys: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    """OpenSSH in the guest on a loopback port, for a user `pi` with the client key in `keys`.
+    A session gets a clean environment, so the emulator's CPU model and the CA bundle of this
+    machine's proxy reach it through sshd."""
+    pi.shell("add the user pi", "id pi >/dev/null 2>&1 || useradd --create-home --shell "
+           "/bin/bash pi; usermod --password '*' pi")
+    ssh_dir = pi.root / "home" / "pi" / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text((keys / "client_key.pub").read_text())
+    pi.shell("own pi's keys", "chown -R pi:pi /home/pi/.ssh && chmod 600 "
+           "/home/pi/.ssh/authorized_keys")
+    shutil.copy(keys / "host_key", pi.root / "etc" / "ssh" / "edgeconv_test_host_key")
+    port = free_port()
+    (pi.root / "etc" / "ssh" / "sshd_edgeconv_test").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/edgeconv_test_host_key\n"
+        "PidFile /run/sshd-edgeconv-test.pid\nUsePAM no\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin no\nAllowUsers pi\n"
+        "SetEnv QEMU_CPU=cortex-a72 PIP_CERT=/etc/ssl/certs/ca-certificates.crt "
+        "PIP_DEFAULT_TIMEOUT=180 PIP_DISABLE_PIP_VERSION_CHECK=1\n")
+    with log.open("w") as sshd_log:
+        server = subprocess.Popen(
+            ["bash", str(EMULATE), "run", pi.arch, "mkdir -p /run/sshd && "
+             "/usr/sbin/sshd -D -e -f /etc/ssh/sshd_edgeconv_test"],
+            env=pi.environment(), start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=sshd_log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and server.poll() is None:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return server, port
+        time.sleep(0.2)
+    os.killpg(server.pid, signal.SIGKILL)
+    pytest.fail(f"emulated arm64: sshd did not start: {log.read_text()[-2000:]}", pytrace=False)
+
+
+def fleet_rollout(work: Path, port: int, model: Path) -> subprocess.CompletedProcess:
+    """devices/fleet/rollout.yml with the guest as a one-host fleet (known_hosts beside the
+    inventory, as the fleet expects)."""
+    inventory = work / "inventory.yml"  # JSON is YAML
+    inventory.write_text(json.dumps({"all": {"hosts": {"emulated-pi": {
+        "ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "pi",
+        "ansible_ssh_private_key_file": str(work / "client_key"),
+        "edgeconv_profile": "raspberry-pi-4"}}}}))
+    playbook = REPO / "devices" / "fleet" / "rollout.yml"
+    return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i",
+                           str(inventory), str(playbook), "-e", f"model={model}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=1800,
+                          env={**os.environ, "ANSIBLE_NOCOLOR": "1",
+                               "ANSIBLE_HOME": str(work / "ansible")})
+
+
+def deploy_twice(models: list[Path], work: Path) -> tuple[EmulatedPi, list[bytes]]:
+    """deploy.py from here into a fresh arm64 guest, once per model, host keys checked, then
+    the fleet's rollout of the first model again; the model file the guest holds after each."""
+    pi = EmulatedPi("arm64", "arm64-ssh").fresh()
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / key)],
+                       check=True)
+    server, port = start_guest_sshd(pi, work, work / "sshd.log")
+    host_key = " ".join((work / "host_key.pub").read_text().split()[:2])
+    (work / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
+    held = []
+    try:
+        for model in models:
+            started = time.monotonic()
+            result = run_script("devices/deploy.py", "--host", "pi@127.0.0.1", "--port", port,
+                                "--identity", work / "client_key", "--known-hosts",
+                                work / "known_hosts", "--model", model, "--profile",
+                                "raspberry-pi-4", "--timeout", "60", timeout=1800)
+            if result.returncode != 0:
+                step_failed("arm64", f"deploy.py --model {model.name}", result)
+            assert "self-test passed: cats (expected cats)" in result.stdout, result.stdout
+            pi.seconds[f"deploy {model.name}"] = round(time.monotonic() - started, 1)
+            held.append((pi.root / "home/pi/edgeconv/models/current.tflite").read_bytes())
+        reused = "(reused)" in result.stdout
+        started = time.monotonic()
+        rollout = fleet_rollout(work, port, models[0])
+        pi.seconds[f"fleet rollout {models[0].name}"] = round(time.monotonic() - started, 1)
+        if rollout.returncode != 0:
+            step_failed("arm64", "the fleet's rollout.yml", rollout)
+        held.append((pi.root / "home/pi/edgeconv/models/current.tflite").read_bytes())
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # sshd, then emulate.sh unmounts the guest
+        server.wait(timeout=60)
+    assert reused, "the second deploy rebuilt the device's environment"
+    return pi, held
+
+
+@pytest.fixture(scope="module")
+def float_models(tiny_run, tmp_path_factory) -> dict[str, Path]:
+    """A small float32 convnet as .tflite and .onnx (float32 convolutions emulate slowly)."""
+    run = tmp_path_factory.mktemp("float") / "run"
+    shutil.copytree(tiny_run, run)
+    result = run_script("export/all.py", run, "--formats", "TFLite float32,ONNX float32")
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    return {".tflite": run / "model_float32.tflite", ".onnx": run / "model_float.onnx"}
+
+
+@pytest.fixture(scope="module")
+def emulated(real_data, float_models, shipped, tmp_path_factory) -> dict[str, Future]:
+    """The three emulated jobs, run at once; each test takes its job's result."""
+    for tool in ("debootstrap", "qemu-aarch64-static", "qemu-arm-static"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} missing (.ci/run installs debootstrap and qemu-user-static)")
+    if os.geteuid() != 0:
+        pytest.fail("the emulated Pi needs root (chroot, mounts)")
+    work = tmp_path_factory.mktemp("deploy")
+    with ThreadPoolExecutor(3) as pool:
+        jobs = {arch: pool.submit(install_and_classify, arch, real_data, float_models)
+                for arch in PROFILES}
+        jobs["deploy"] = pool.submit(deploy_twice, [shipped / "plus_int8.tflite",
+                                                    shipped / "augmented_int8.tflite"], work)
+        for job in jobs.values():
+            job.exception()  # wait for all, failed or not
+    return jobs
 
 
 def int8_tolerance(model: Path) -> float:
@@ -116,127 +278,49 @@ def int8_tolerance(model: Path) -> float:
     return float(scales[logit.input[1]] / 4 + scales[output.input[1]]) + 1e-6
 
 
-def classify_rows(output: str) -> dict[str, dict]:
-    """classify --json lines, keyed by the photo's class folder and name."""
-    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    return {"/".join(Path(row["path"]).parts[-2:]): row for row in rows}
-
-
-def compare(arch: str, engine: str, model: str, guest: dict, host: dict,
-            tolerance: float) -> float:
-    """The largest score difference; fails on any label or photo that differs."""
-    assert len(guest) >= 2 * FLOAT_PHOTOS_PER_CLASS
-    assert guest.keys() == host.keys(), f"emulated {arch}, {engine}, {model}: photos differ"
+def largest_difference(what: str, guest: dict, host: dict, tolerance: float) -> float:
+    """The largest difference of any class's score; fails on a photo or error that differs,
+    and on a label that differs where x86's score is farther than `tolerance` from the
+    threshold (nearer, that difference may cross it)."""
+    assert len(guest) == 2 * PHOTOS_PER_CLASS, f"{what}: {len(guest)} photos classified"
+    assert guest.keys() == host.keys(), f"{what}: photos differ from x86"
     errors = [name for name, row in guest.items() if "error" in row]
-    assert not errors, f"emulated {arch}, {engine}, {model}: errors on {errors[:3]}"
-    flips = [name for name in guest if guest[name]["label"] != host[name]["label"]]
-    assert not flips, f"emulated {arch}, {engine}, {model}: labels differ from x86 on {flips}"
-    worst = max(abs(guest[name]["score"] - host[name]["score"]) for name in guest)
-    assert worst <= tolerance, (f"emulated {arch}, {engine}, {model}: scores differ from x86 "
-                                f"by up to {worst:.6f} (> {tolerance:.6f})")
+    assert not errors, f"{what}: errors on {errors[:3]}"
+    flips = [name for name in guest if guest[name]["label"] != host[name]["label"]
+             and host[name]["score"] - 0.5 > tolerance]
+    assert not flips, f"{what}: labels differ from x86 on {flips}"
+    worst = max(abs(guest[name]["scores"][label] - score) for name in guest
+                for label, score in host[name]["scores"].items())
+    assert worst <= tolerance, f"{what}: scores differ from x86 by {worst:.6f} > {tolerance:.6f}"
     return worst
 
 
-def test_install_then_classify_like_x86_with_every_engine(pi, exported, tmp_path):
-    clone = pi.root / GUEST_CLONE[1:]
-    shutil.copy(exported / "model_float32.tflite", clone / "models" / "test_float32.tflite")
-    shutil.copy(exported / "model_float.onnx", clone / "models" / "test_float32.onnx")
-    profile = pi.profile
-    cases = [("litert" if engine == "onnxruntime" else engine, engine)
-             for engine in profile["engines"]]
+@pytest.mark.parametrize("arch", sorted(PROFILES))
+def test_install_then_classify_like_x86_with_every_engine(emulated, arch):
+    result = emulated[arch].result()
+    clone = result.pi.root / GUEST_CLONE[1:]
     worst = {}
-    for _, engine in cases:
-        suffix = ".onnx" if engine == "onnxruntime" else ".tflite"
-        shipped = f"models/plus_int8{suffix}"
-        installed = pi.run(f"install.sh --profile {profile['name']} --model {shipped}",
-                           f"bash devices/install.sh --profile {profile['name']} --model "
-                           f"{shipped} --expect cats --no-apt")
-        assert "self-test passed: cats" in installed
-        for model, photos, tolerance in (
-                (shipped, "photos", int8_tolerance(clone / shipped)),
-                (f"models/test_float32{suffix}", "few", FLOAT_TOLERANCE)):
-            command = f"runtime/classify {model} {photos} --engine {engine} --json"
-            guest = classify_rows(pi.run(f"classify {model} with {engine}",
-                                         f".venv/bin/python {command}"))
-            host_engine = "litert" if engine == "tflite-runtime" else engine
-            host = run_script("runtime/classify", clone / model, clone / photos, "--engine",
-                              host_engine, "--json")
-            assert host.returncode == 0, host.stderr
-            worst[f"{engine} {model}"] = compare(pi.arch, engine, model, guest,
-                                                 classify_rows(host.stdout), tolerance)
-    versions = pi.run("pip list", ".venv/bin/python -m pip list --format=freeze")
-    print(f"\nemulated {pi.arch}: largest score difference from x86: {worst}\n"
-          + " ".join(line for line in versions.split() if line.split("==")[0].lower() in
-                     ("numpy", "pillow", "ai-edge-litert", "tflite-runtime", "onnxruntime")))
+    for key, guest in result.rows.items():
+        engine, model = key.split()
+        host_engine = "litert" if engine == "tflite-runtime" else engine
+        host = run_script("runtime/classify", clone / model, clone / "photos", "--engine",
+                          host_engine, "--json")
+        assert host.returncode == 0, host.stderr
+        if "int8" in model:
+            tolerance = int8_tolerance(clone / model) * (ARMV7_INT8_STEPS if arch == "armhf"
+                                                         else 1)
+        else:
+            tolerance = ARMV7_FLOAT_TOLERANCE if arch == "armhf" else FLOAT_TOLERANCE
+        worst[key] = largest_difference(f"emulated {arch}, {key}", guest,
+                                        classify_rows(host.stdout), tolerance)
+    assert len(worst) == 2 * len(engine_cases(json.loads(
+        (REPO / "devices" / PROFILES[arch] / "profile.json").read_text())))
+    print(f"\nemulated {arch}: {' '.join(result.versions)}\n  seconds: {result.pi.seconds}\n"
+          f"  largest score difference from x86: {worst}")
 
 
-@pytest.fixture
-def guest_sshd(pi, tmp_path):
-    """OpenSSH inside the emulated Pi, on a loopback port, for a user `pi` with a throwaway
-    client key; its host key is written to a known_hosts file (host-key checking stays on)."""
-    for key in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / key)],
-                       check=True)
-    pi.run("add the user pi", "id pi >/dev/null 2>&1 || useradd --create-home --shell "
-           "/bin/bash pi; usermod --password '*' pi; rm -rf /home/pi/edgeconv")
-    ssh_dir = pi.root / "home" / "pi" / ".ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text((tmp_path / "client_key.pub").read_text())
-    pi.run("own pi's keys", "chown -R pi:pi /home/pi/.ssh && chmod 600 "
-           "/home/pi/.ssh/authorized_keys")
-    shutil.copy(tmp_path / "host_key", pi.root / "etc" / "ssh" / "edgeconv_test_host_key")
-    port = free_port()
-    # A login shell gets a clean environment: the emulator's CPU model and the proxy's CA
-    # bundle must reach it through sshd.
-    (pi.root / "etc" / "ssh" / "sshd_edgeconv_test").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/edgeconv_test_host_key\n"
-        "PidFile /run/sshd-edgeconv-test.pid\nUsePAM no\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin no\nAllowUsers pi\n"
-        "SetEnv QEMU_CPU=cortex-a72 PIP_CERT=/etc/ssl/certs/ca-certificates.crt "
-        "PIP_DEFAULT_TIMEOUT=180 PIP_DISABLE_PIP_VERSION_CHECK=1\n")
-    log = tmp_path / "sshd.log"
-    with log.open("w") as sshd_log:
-        server = subprocess.Popen(
-            ["bash", str(EMULATE), "run", "arm64", "mkdir -p /run/sshd && "
-             "/usr/sbin/sshd -D -e -f /etc/ssh/sshd_edgeconv_test"],
-            env={**os.environ, "EDGECONV_PI_CACHE": str(pi_cache())}, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=sshd_log)
-    try:
-        wait_for_port(port, server, log)
-        host_key = " ".join((tmp_path / "host_key.pub").read_text().split()[:2])
-        (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
-        yield {"port": port, "identity": tmp_path / "client_key",
-               "known_hosts": tmp_path / "known_hosts", "home": pi.root / "home" / "pi"}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # sshd, then emulate.sh unmounts the guest
-        server.wait(timeout=30)
-
-
-def wait_for_port(port: int, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and server.poll() is None:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    pytest.fail(f"emulated arm64: sshd did not start: {log.read_text()[-2000:]}", pytrace=False)
-
-
-def deploy(sshd: dict, model: Path) -> subprocess.CompletedProcess:
-    return run_script("devices/deploy.py", "--host", "pi@127.0.0.1", "--port", sshd["port"],
-                      "--identity", sshd["identity"], "--known-hosts", sshd["known_hosts"],
-                      "--model", model, "--profile", "raspberry-pi-4", "--timeout", "30",
-                      timeout=1800)
-
-
-@pytest.mark.parametrize("pi", ["arm64"], indirect=True)
-def test_deploy_over_ssh_into_the_emulated_arm64_pi_then_swap_the_model(pi, guest_sshd,
-                                                                        shipped):
-    remote_model = guest_sshd["home"] / "edgeconv" / "models" / "current.tflite"
-    for model in (shipped / "plus_int8.tflite", shipped / "augmented_int8.tflite"):
-        result = deploy(guest_sshd, model)
-        if result.returncode != 0:
-            step_failed("arm64", f"deploy.py {model.name}", result)
-        assert "self-test passed: cats (expected cats)" in result.stdout
-        assert remote_model.read_bytes() == model.read_bytes()
-    assert "(reused)" in result.stdout  # the second deploy kept the device's environment
+def test_deploy_over_ssh_into_the_emulated_arm64_pi_then_swap_the_model(emulated, shipped):
+    pi, held = emulated["deploy"].result()
+    assert held == [(shipped / name).read_bytes()
+                    for name in ("plus_int8.tflite", "augmented_int8.tflite", "plus_int8.tflite")]
+    print(f"\nemulated arm64 deploy, seconds: {pi.seconds}")
