@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-EPOCHS = 5
+EPOCHS = 8  # room for four kills, each within the next two epochs
 LIMIT = 16  # photos per class and split: two steps an epoch, seconds per epoch
 
 
@@ -40,6 +40,16 @@ def wait_for_checkpoint_write(process: subprocess.Popen, out: Path, seconds: flo
         if any(out.glob(".checkpoint-*.keras")):
             return True
         time.sleep(0.005)
+    return False
+
+
+def wait_for_epoch(process: subprocess.Popen, log: Path, epoch: int, seconds: float) -> bool:
+    """True once Keras announced `epoch` (or the process ended), False after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None or f"Epoch {epoch}/{EPOCHS}" in log.read_text():
+            return True
+        time.sleep(0.05)
     return False
 
 
@@ -65,12 +75,13 @@ def test_training_killed_at_random_moments_resumes_and_keeps_every_epoch_once(re
     kills, saved = [], 0
     for moment in ("checkpoint write", "random", "checkpoint write", "random"):
         process = start_training(real_data, out, log, resume=(out / "run.json").exists())
-        if moment == "random":
-            deadline = time.monotonic() + rng.uniform(8, 25)
-            while time.monotonic() < deadline and process.poll() is None:
-                time.sleep(0.05)
+        if moment == "random":  # somewhere in a random epoch still to train
+            epoch = rng.randint(saved + 1, saved + 2)
+            assert wait_for_epoch(process, log, epoch, 300), log.read_text()[-2000:]
+            time.sleep(rng.uniform(0, 1.5))
         else:
-            assert wait_for_checkpoint_write(process, out, 300), log.read_text()[-2000:]
+            written = wait_for_checkpoint_write(process, out, 300)
+            assert written or process.poll() is not None, log.read_text()[-2000:]
         if process.poll() is not None:
             break  # it finished before this moment came
         process.send_signal(signal.SIGKILL)
@@ -81,7 +92,7 @@ def test_training_killed_at_random_moments_resumes_and_keeps_every_epoch_once(re
             saved = saved_state(out)["epoch"]
         assert saved >= (kills[-1][2] if kills else 0) + done, log.read_text()[-2000:]
         kills.append((moment, done, saved))
-    assert len(kills) >= 3, f"the run finished before the kills: {kills}"
+    assert len(kills) == 4, f"the run finished before the kills: {kills}"
 
     final = start_training(real_data, out, log, resume=True)
     assert final.wait(timeout=900) == 0, log.read_text()[-3000:]
