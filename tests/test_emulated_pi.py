@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import sshd
 from conftest import REPO, free_port, run_script
+
+from runtime.profiles import load_profile
 
 pytestmark = pytest.mark.system
 
@@ -124,7 +126,7 @@ def install_and_classify(arch: str, real_data: Path, float_models: dict[str, Pat
         (clone / "photos" / name).mkdir(parents=True)
         for photo in sorted((real_data / "test" / name).iterdir())[:PHOTOS_PER_CLASS]:
             shutil.copy(photo, clone / "photos" / name / photo.name)
-    profile = json.loads((REPO / "devices" / PROFILES[arch] / "profile.json").read_text())
+    profile = load_profile(PROFILES[arch])
     rows = {}
     for engine, suffix in engine_cases(profile):
         shipped = f"models/plus_int8{suffix}"
@@ -166,14 +168,12 @@ def start_guest_sshd(pi: EmulatedPi, keys: Path, log: Path) -> tuple[subprocess.
              "/usr/sbin/sshd -D -e -f /etc/ssh/sshd_edgeconv_test"],
             env=pi.environment(), start_new_session=True, stdout=subprocess.DEVNULL,
             stderr=sshd_log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and server.poll() is None:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return server, port
-        time.sleep(0.2)
-    os.killpg(server.pid, signal.SIGKILL)
-    pytest.fail(f"emulated arm64: sshd did not start: {log.read_text()[-2000:]}", pytrace=False)
+    try:
+        sshd.wait_for_port(port, server, log, seconds=120)
+    except BaseException:  # pytest's failure too: the emulator must not outlive the test
+        os.killpg(server.pid, signal.SIGKILL)
+        raise
+    return server, port
 
 
 def fleet_rollout(work: Path, port: int, model: Path) -> subprocess.CompletedProcess:
@@ -313,8 +313,7 @@ def test_install_then_classify_like_x86_with_every_engine(emulated, arch):
             tolerance = ARMV7_FLOAT_TOLERANCE if arch == "armhf" else FLOAT_TOLERANCE
         worst[key] = largest_difference(f"emulated {arch}, {key}", guest,
                                         classify_rows(host.stdout), tolerance)
-    assert len(worst) == 2 * len(engine_cases(json.loads(
-        (REPO / "devices" / PROFILES[arch] / "profile.json").read_text())))
+    assert len(worst) == 2 * len(engine_cases(load_profile(PROFILES[arch])))
     print(f"\nemulated {arch}: {' '.join(result.versions)}\n  seconds: {result.pi.seconds}\n"
           f"  largest score difference from x86: {worst}")
 

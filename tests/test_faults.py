@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,23 +34,14 @@ def start_training(real_data: Path, out: Path, log: Path, resume: bool) -> subpr
                                 stdout=output, stderr=subprocess.STDOUT)
 
 
-def wait_for_checkpoint_write(process: subprocess.Popen, out: Path, seconds: float) -> bool:
-    """True as soon as a checkpoint is being written (its temporary file exists)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and process.poll() is None:
-        if any(out.glob(".checkpoint-*.keras")):
-            return True
-        time.sleep(0.005)
-    return False
-
-
-def wait_for_epoch(process: subprocess.Popen, log: Path, epoch: int, seconds: float) -> bool:
-    """True once Keras announced `epoch` (or the process ended), False after `seconds`."""
+def wait_until(process: subprocess.Popen, ready: Callable[[], bool], seconds: float) -> bool:
+    """True as soon as `ready()` or the process has ended, False after `seconds`. Polled every
+    5 ms: a checkpoint's temporary file exists for a fraction of a second."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if process.poll() is not None or f"Epoch {epoch}/{EPOCHS}" in log.read_text():
+        if process.poll() is not None or ready():
             return True
-        time.sleep(0.05)
+        time.sleep(0.005)
     return False
 
 
@@ -76,12 +68,13 @@ def test_training_killed_at_random_moments_resumes_and_keeps_every_epoch_once(re
     for moment in ("checkpoint write", "random", "checkpoint write", "random"):
         process = start_training(real_data, out, log, resume=(out / "run.json").exists())
         if moment == "random":  # somewhere in a random epoch still to train
-            epoch = rng.randint(saved + 1, saved + 2)
-            assert wait_for_epoch(process, log, epoch, 300), log.read_text()[-2000:]
+            announced = f"Epoch {rng.randint(saved + 1, saved + 2)}/{EPOCHS}"
+            assert wait_until(process, lambda text=announced: text in log.read_text(), 300), \
+                log.read_text()[-2000:]
             time.sleep(rng.uniform(0, 1.5))
         else:
-            written = wait_for_checkpoint_write(process, out, 300)
-            assert written or process.poll() is not None, log.read_text()[-2000:]
+            assert wait_until(process, lambda: any(out.glob(".checkpoint-*.keras")), 300), \
+                log.read_text()[-2000:]
         if process.poll() is not None:
             break  # it finished before this moment came
         process.send_signal(signal.SIGKILL)
@@ -139,10 +132,7 @@ def one_line_error(output: str) -> str:
 def test_a_disk_full_during_a_checkpoint_stops_training_cleanly(real_data, small_disk):
     out, log = small_disk / "run", small_disk.parent / "train.log"
     process = start_training(real_data, out, log, resume=False)
-    deadline = time.monotonic() + 600
-    while not (out / "state.json").exists() and process.poll() is None:
-        assert time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.01)
+    assert wait_until(process, (out / "state.json").exists, 600), log.read_text()[-2000:]
     filler = fill(small_disk)
     assert process.wait(timeout=600) == 1, log.read_text()[-3000:]
     error = one_line_error(log.read_text())
