@@ -24,16 +24,37 @@ def exporter_parser(prog: str, doc: str, example: str, out_help: str,
                         "(default: the run's training split)")
     parser.add_argument("--calibration-size", type=int, default=300,
                         help="calibration images to use (default: %(default)s)")
+    parser.add_argument("--budget", type=agreement_share, metavar="AGREEMENT",
+                        help="int8 only: try remedies in order of cost (more calibration "
+                        "images, other calibration methods, the worst layers in float) until "
+                        "the labels agree with the Keras model on this share of the budget "
+                        "photos, e.g. 0.995; each try is printed")
+    parser.add_argument("--budget-data", type=Path, metavar="DIR", help="class folders the "
+                        "budget is measured on (default: the run's validation split)")
     parser.add_argument("--out", type=Path, help=f"output file (default: {out_help})")
     return parser
+
+
+def agreement_share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a share between 0 and 1, e.g. 0.995")
+    return value
 
 
 def run_exporter(args: argparse.Namespace, export: Callable[..., Path], quantize: str,
                  **options) -> int:
     """Export as asked; print the file and its size, or one error line (exit 2)."""
+    if args.budget is not None and quantize != "int8":
+        print("error: --budget applies to --quantize int8 only", file=sys.stderr)
+        return 2
     try:
         path = export(Source(args.model), quantize, args.out, calibration=args.calibration,
-                      calibration_size=args.calibration_size, **options)
+                      calibration_size=args.calibration_size, budget=args.budget,
+                      budget_data=args.budget_data, **options)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,10 @@ from runtime.preprocess import PREPROCESSING
 
 
 def build_metadata(source: Source, *, fmt: str, quantization: str, input_dtype: str,
-                   input_quantization: list | None, calibration: dict | None) -> dict:
+                   input_quantization: list | None, calibration: dict | None,
+                   recipe: dict | None = None, golden: dict | None = None) -> dict:
+    """The metadata stored in an export; `recipe` says how an int8 file was quantized,
+    `golden` holds the inputs and outputs a device checks (runtime/golden.py)."""
     binary = len(source.labels) == 2
     return {
         "format": METADATA_FORMAT,
@@ -27,6 +30,8 @@ def build_metadata(source: Source, *, fmt: str, quantization: str, input_dtype: 
         "source_model": {"file": source.path.name, "sha256": source.sha256,
                          "recipe": source.run.get("recipe")},
         "calibration": calibration,
+        "int8_recipe": recipe,
+        "golden": golden,
         "tools": tool_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

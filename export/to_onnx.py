@@ -19,10 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
 
+from export.budget import Calibrations, Judge, Recipe, search  # noqa: E402
 from export.cli import exporter_parser, output_path, run_exporter  # noqa: E402
+from export.golden import golden_entry, golden_photos  # noqa: E402
 from export.metadata import build_metadata  # noqa: E402
 from export.onnx_uint8 import to_uint8  # noqa: E402
-from export.source import ExportError, Source, calibration_set  # noqa: E402
+from export.source import ExportError, Source  # noqa: E402
 from runtime.files import atomic_path  # noqa: E402
 from runtime.metadata import METADATA_KEY  # noqa: E402
 from runtime.quiet import native_stderr_silenced  # noqa: E402
@@ -44,17 +46,32 @@ def float_onnx(source: Source, path: Path, opset: int | None) -> None:
         raise ExportError(f"ONNX conversion failed: {str(error).splitlines()[0]}") from None
 
 
-def quantize_int8(float_path: Path, path: Path, images) -> None:
+def prepare(float_path: Path, path: Path) -> Path:
+    """ONNX Runtime's pre-processing for quantization (shape inference, graph clean-up); its
+    node names are the ones the per-layer report and the recipe's float layers use."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with native_stderr_silenced(python_stdout=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quant_pre_process(str(float_path), str(path), skip_symbolic_shape=True)
+    return path
+
+
+def quantize_int8(prepared: Path, path: Path, images, recipe: Recipe | None = None) -> None:
+    """Static QDQ quantization of a `prepare`d float model, calibrated on `images` with the
+    recipe's method, stored as uint8 (export/onnx_uint8.py); the recipe's float layers are
+    node names of the prepared model."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    input_name = onnx.load(str(float_path)).graph.input[0].name
+    recipe = recipe or Recipe()
+    input_name = onnx.load(str(prepared)).graph.input[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -63,17 +80,43 @@ def quantize_int8(float_path: Path, path: Path, images) -> None:
         def get_next(self):
             return next(self.batches, None)
 
-    prepared = path.with_name(path.stem + ".pre.onnx")
-    try:
-        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    with native_stderr_silenced(python_stdout=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        per_channel=True)
-    finally:
-        prepared.unlink(missing_ok=True)
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            per_channel=True,
+                            calibrate_method=getattr(CalibrationMethod,
+                                                     CALIBRATION_METHODS[recipe.method]),
+                            nodes_to_exclude=list(recipe.float_layers))
     model = onnx.load(str(path))
     to_uint8(model)
     onnx.save(model, str(path))
+
+
+# ONNX Runtime's calibration methods, in the order the budget search tries them.
+CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def within_budget(source: Source, prepared: Path, calibrations: Calibrations, budget: float,
+                  budget_data: Path | None) -> tuple[bytes, Recipe]:
+    """The budget search (export/budget.py) over ONNX Runtime's remedies."""
+    from export.layers import onnx_layers
+
+    judge = Judge.for_source(source, budget_data)
+    work = prepared.parent
+
+    def build(recipe: Recipe) -> bytes:
+        quantize_int8(prepared, work / "try.onnx", calibrations.images(recipe), recipe)
+        return (work / "try.onnx").read_bytes()
+
+    def rank(recipe: Recipe) -> list[str]:
+        quantize_int8(prepared, work / "rank.onnx", calibrations.images(recipe), recipe)
+        return [row["layer"] for row in onnx_layers(prepared, work / "rank.onnx",
+                                                    judge.images[::20])]
+
+    content, recipe, _ = search(build, rank, judge, budget, ".onnx", calibrations,
+                                methods=tuple(CALIBRATION_METHODS))
+    return content, recipe
 
 
 def embed_metadata(path: Path, metadata: dict) -> None:
@@ -90,24 +133,38 @@ def embed_metadata(path: Path, metadata: dict) -> None:
 
 def export(source: Source, quantize: str = "float32", out: Path | None = None, *,
            calibration: Path | None = None, calibration_size: int = 300,
-           opset: int | None = None) -> Path:
+           opset: int | None = None, budget: float | None = None,
+           budget_data: Path | None = None) -> Path:
     """Convert, quantize if asked ("int8"), embed metadata and write atomically."""
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"ONNX quantization {quantize!r}: choose {' or '.join(QUANTIZATIONS)}")
     path = output_path(out, source, "model_int8.onnx" if quantize == "int8"
                        else "model_float.onnx")
-    described = None
+    described = recipe = None
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as work:
         float_path = Path(work) / "float.onnx"
         float_onnx(source, float_path, opset)
         result = float_path
         if quantize == "int8":
-            images, described = calibration_set(source, calibration, calibration_size)
             result = Path(work) / "int8.onnx"
-            quantize_int8(float_path, result, images)
+            prepared = prepare(float_path, Path(work) / "prepared.onnx")
+            calibrations = Calibrations(source, calibration, calibration_size)
+            recipe = calibrations.first()
+            if budget is None:
+                quantize_int8(prepared, result, calibrations.images(recipe), recipe)
+            else:
+                content, recipe = within_budget(source, prepared, calibrations, budget,
+                                                budget_data)
+                result.write_bytes(content)
+            images, described = calibrations.load(recipe)
+        else:
+            images = golden_photos(source, calibration)
+        golden = None if images is None else golden_entry(result.read_bytes(), ".onnx", "onnx",
+                                                           quantize, images)
         metadata = build_metadata(source, fmt="onnx", quantization=quantize,
                                   input_dtype="float32", input_quantization=None,
-                                  calibration=described)
+                                  calibration=described,
+                                  recipe=recipe and recipe.as_metadata(budget), golden=golden)
         embed_metadata(result, metadata)
         with atomic_path(path) as tmp:
             tmp.write_bytes(result.read_bytes())
