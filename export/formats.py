@@ -73,9 +73,11 @@ def one_line(error: BaseException) -> str:
     return (text[0] if text else type(error).__name__)[:160]
 
 
-def export_missing(source: Source, names: list[str], force: bool = False) -> list[Outcome]:
-    """Export each named format the run lacks (all of them with `force`); one Outcome each.
-    An unreadable model.keras raises ExportError once, before any format is tried."""
+def export_missing(source: Source, names: list[str], force: bool = False,
+                   budget: float | None = None) -> list[Outcome]:
+    """Export each named format the run lacks (all of them with `force`); one Outcome each;
+    int8 formats within `budget` when given (export/budget.py). An unreadable model.keras
+    raises ExportError once, before any format is tried."""
     outcomes = []
     wanted = [f for f in FORMATS if f.name in names]
     if any(force or not (source.run_dir / f.file_name).exists() for f in wanted):
@@ -88,7 +90,7 @@ def export_missing(source: Source, names: list[str], force: bool = False) -> lis
         print(f"exporting {fmt.file_name}", file=sys.stderr, flush=True)
         started = time.monotonic()
         try:
-            fmt.export(source)
+            fmt.export(source, **({"budget": budget} if budget and fmt in INT8 else {}))
             outcomes.append(Outcome(fmt, path, "exported", time.monotonic() - started))
         except Exception as error:  # noqa: BLE001  one broken format never stops the others
             outcomes.append(Outcome(fmt, path, "failed", time.monotonic() - started,

@@ -29,9 +29,12 @@ from runtime.files import atomic_path, write_json  # noqa: E402
 from runtime.metadata import ModelFileError  # noqa: E402
 from runtime.preprocess import ImageError, load_image  # noqa: E402
 from runtime.progress import progress  # noqa: E402
+from runtime.system import cpu_flags, cpu_name  # noqa: E402
 from runtime.tables import markdown_table, percent  # noqa: E402
 
 BATCH = 32
+# The CPU features that decide which int8 kernels an engine runs (x86 and Arm).
+INT8_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,13 @@ def check(source: Source, artifacts: list[Path], photos: Path,
     return found
 
 
+def machine() -> dict:
+    """Where the artifacts ran: the CPU and the features that choose its int8 kernels (ONNX
+    Runtime's int8-weight kernels saturate on AVX2 without VNNI; exports avoid them)."""
+    flags = cpu_flags()
+    return {"cpu": cpu_name(), "int8_features": [f for f in INT8_FEATURES if f in flags]}
+
+
 def scatter(path: Path, name: str, reference: np.ndarray, outputs: np.ndarray) -> None:
     from train.plots import pyplot, save_figure
 
@@ -220,13 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, {"reference": str(args.reference), "data": str(args.data),
                                "images": len(found.files), "skipped": found.skipped,
-                               "artifacts": found.rows})
+                               "machine": machine(), "artifacts": found.rows})
     if args.report:
         plots = "\n".join(f"![{row['artifact']}]({plot_name(row['artifact'])})"
                           for row in found.rows)
         with atomic_path(args.report) as tmp:
+            cpu = machine()
             tmp.write_text(f"# Export parity\n\nReference `{args.reference}`, "
-                           f"{len(found.files)} images under `{args.data}`.\n\n{report}\n\n"
+                           f"{len(found.files)} images under `{args.data}`; run on "
+                           f"{cpu['cpu']} ({', '.join(cpu['int8_features']) or 'no x86 SIMD'})."
+                           f"\n\n{report}\n\n"
                            f"{plots}\n")
     return 0 if found.passed else 1
 

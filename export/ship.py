@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
 
 from export import formats, parity  # noqa: E402
+from export.cli import agreement_share  # noqa: E402
 from export.source import ExportError, Source  # noqa: E402
 from runtime.files import atomic_path, write_json  # noqa: E402
 from runtime.metadata import read_metadata  # noqa: E402
@@ -39,25 +40,28 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def export_and_check(run_dir: Path, photos: Path | None = None) -> list[dict]:
-    """int8 TFLite + int8 ONNX of a run (exported if missing) and their parity rows on
-    `photos` (default: the run's test split); also written to RUN_DIR/parity.json."""
+def export_and_check(run_dir: Path, photos: Path | None = None,
+                     budget: float | None = None) -> list[dict]:
+    """int8 TFLite + int8 ONNX of a run (exported if missing, within `budget` if given) and
+    their parity rows on `photos` (default: the run's test split); also written to
+    RUN_DIR/parity.json."""
     source = Source(run_dir)
     photos = photos or source.data_split("test")
     if photos is None:
         raise ExportError(f"{run_dir}: the run records no test split; pass --data DIR/test")
-    outcomes = formats.export_missing(source, [f.name for f in formats.INT8])
+    outcomes = formats.export_missing(source, [f.name for f in formats.INT8], budget=budget)
     failed = [outcome for outcome in outcomes if not outcome.ok]
     if failed:
         raise ExportError(f"{run_dir}: {failed[0].format.name} export failed: "
                           f"{failed[0].error}")
     found = parity.check(source, [outcome.path for outcome in outcomes], photos)
     write_json(run_dir / "parity.json", {"reference": str(source.path), "data": str(photos),
-                                         "images": len(found.files), "artifacts": found.rows})
+                                         "images": len(found.files),
+                                         "machine": parity.machine(), "artifacts": found.rows})
     return found.rows
 
 
-def commands(run_dir: Path, models: Path) -> list[str]:
+def commands(run_dir: Path, models: Path, budget: float | None = None) -> list[str]:
     """The commands that made a run and shipped it, as a user would type them."""
     run = json.loads((run_dir / "run.json").read_text())
     train = (f"python train/run.py --data DIR --recipe {run['recipe']} --seed {run['seed']} "
@@ -68,17 +72,19 @@ def commands(run_dir: Path, models: Path) -> list[str]:
         train += f" --epochs {run['epochs']}"
     if run.get("limit"):
         train += f" --limit {run['limit']}"
-    return [train, f"python export/ship.py {run_dir} --models {models}"]
+    ship = f"python export/ship.py {run_dir} --models {models}"
+    return [train, ship + (f" --budget {budget}" if budget else "")]
 
 
-def ship_runs(checked: dict[Path, list[dict]], models: Path) -> dict:
+def ship_runs(checked: dict[Path, list[dict]], models: Path, budget: float | None = None
+              ) -> dict:
     """Copy and describe each run, given its parity rows (`export_and_check`); returns the
     index entries written."""
     entries = {}
     for run_dir, rows in checked.items():
         recipe = json.loads((run_dir / "run.json").read_text())["recipe"]
         entry = ship(run_dir, rows, models, keras=recipe == "plus",
-                     commands=commands(run_dir, models))
+                     commands=commands(run_dir, models, budget))
         entries[entry["recipe"]] = entry
     write_cards(models, entries)
     return entries
@@ -187,13 +193,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of shipped models (default: %(default)s)")
     parser.add_argument("--data", type=Path, help="class folders to check parity on "
                         "(default: each run's test split)")
+    parser.add_argument("--budget", type=agreement_share, metavar="AGREEMENT",
+                        help="export missing int8 files within this agreement with Keras on "
+                        "the run's validation split (export/to_tflite.py --budget)")
     args = parser.parse_args(argv)
     try:
         for run_dir in args.run_dirs:
             if not (run_dir / "metrics.json").exists():
                 raise ExportError(f"{run_dir}: not a finished run (no metrics.json)")
-        entries = ship_runs({run_dir: export_and_check(run_dir, args.data)
-                             for run_dir in args.run_dirs}, args.models)
+        entries = ship_runs({run_dir: export_and_check(run_dir, args.data, args.budget)
+                             for run_dir in args.run_dirs}, args.models, args.budget)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
