@@ -61,6 +61,8 @@ class Remote:
                                     stdin=None if data is not None else subprocess.DEVNULL)
             if result.returncode != 0:
                 raise DeployError(f"{step} failed on {self.host}:\n{_text(result.stderr)}")
+            for line in _text(result.stderr).splitlines():  # notes, e.g. from swap_code.sh
+                print(f"  {self.host}: {line}", file=sys.stderr, flush=True)
             return _text(result.stdout)
         lines = []
         with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
