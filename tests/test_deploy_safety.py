@@ -62,14 +62,13 @@ def test_a_remote_dir_holding_shell_syntax_is_only_a_folder_name(device, shipped
     assert sorted(p.name for p in folder.iterdir()) == ["devices", "models", "runtime"]
 
 
-def root_owned_bytecode(folder: Path) -> Path:
+def root_owned_bytecode(folder: Path) -> None:
     """What one `sudo runtime/classify` leaves: a root-owned __pycache__ the user cannot empty."""
     cache = folder / "runtime" / "__pycache__"
     cache.mkdir(exist_ok=True)
     os.chown(cache, 0, 0)
     os.chmod(cache, 0o755)
     (cache / "x.pyc").write_bytes(b"root's bytecode")
-    return cache
 
 
 def check_code_works(device, folder: Path) -> None:
@@ -87,7 +86,7 @@ def test_a_code_update_that_cannot_finish_leaves_the_old_code_running(device, sh
     folder = device.home / "edgeconv"
     first = deploy(device, known_hosts, model, "--profile", "linux-x86_64")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    cache = root_owned_bytecode(folder)
+    root_owned_bytecode(folder)
 
     second = deploy(device, known_hosts, model, "--profile", "linux-x86_64")
     print(f"\nwith a root-owned runtime/__pycache__ the deploy printed: "
