@@ -528,7 +528,9 @@ def main(argv: list[str] | None = None) -> int:
             f"# Reliability: hostile input\n\n`{command}` prints this table "
             f"({os.cpu_count()} cores). A run that ends on a signal or prints a traceback is a "
             "crash; no answer in 60 s is a hang; a bad photo must exit 1 with a line naming "
-            "it, a model file exit 0 (still a valid model) or 2 with one `error:` line.\n\n"
+            "it, a model file exit 0 (still a valid model) or 2 with one `error:` line; a raw "
+            "control character in any output (a name's escape sequence reaching the terminal) "
+            "counts as a wrong exit.\n\n"
             f"{table}\n\nPhoto cases: {names}.\n")
     return 1 if FAILURES else 0
 
