@@ -54,7 +54,7 @@ fi
 case "$profile" in */*|.*|"") die "unknown profile '$profile' (see $here/*/profile.json)" ;; esac
 profile_file="$here/$profile/profile.json"
 [ -f "$profile_file" ] || die "unknown profile '$profile' (see $here/*/profile.json)"
-field() { python3 -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print(' '.join(v) if isinstance(v, list) else v)" "$profile_file" "$1"; }
+field() { python3 -I -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print(' '.join(v) if isinstance(v, list) else v)" "$profile_file" "$1"; }
 say "device: $arch, $os${board:+, $board}; profile $profile"
 case " $(field arch) " in
   *" $arch "*) ;;

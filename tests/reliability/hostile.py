@@ -36,8 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from runtime.preprocess import display  # noqa: E402
 from runtime.tables import markdown_table  # noqa: E402
+from runtime.text import display  # noqa: E402
 
 TIMEOUT = 60
 
