@@ -144,8 +144,9 @@ def deploy(args: argparse.Namespace) -> str:
     print(f"connected to {args.host}; copying code ({'rsync' if use_rsync else 'tar'})")
     remote.copy_code(use_rsync)
     model_path = remote.copy_model(args.model)
-    print(display(f"model {args.model.name} ({', '.join(map(str, metadata['labels']))}, "
-                  f"{metadata['quantization']}) -> {args.host}:{model_path}"))
+    labels = metadata.get("labels") if isinstance(metadata.get("labels"), list) else []
+    print(display(f"model {args.model.name} ({', '.join(map(str, labels))}, "
+                  f"{metadata.get('quantization')}) -> {args.host}:{model_path}"))
     install = [f"{args.remote_dir}/devices/install.sh", "--profile", args.profile, "--model",
                model_path, "--venv", f"{args.remote_dir}/.venv"]
     if expect:
