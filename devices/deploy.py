@@ -4,8 +4,9 @@
   python devices/deploy.py --host USER@HOST [--model FILE] [--profile NAME]
                            [--service [camera|serve]] [--listen HOST:PORT]
 
-Copies runtime/ and devices/ (rsync when both ends have it, else tar over ssh), copies the
-model beside them and renames it into place (a running service never sees half a file), runs
+Copies runtime/ and devices/ (rsync when both ends have it, else tar over ssh) beside the old
+ones and swaps them in by rename, copies the model beside the current one and renames it into
+place (a running service never sees half a file or half the code), runs
 devices/install.sh on the device, and reports its self-test: the bundled photo must get the
 label it gets here. Host keys are checked as ssh always does; --accept-new-host-key is the
 explicit way to trust a device seen for the first time.
@@ -25,9 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a plain clone
 
 from runtime.metadata import ModelFileError, read_metadata  # noqa: E402
+from runtime.text import display  # noqa: E402
 
 SELFTEST_PHOTO = ROOT / "devices" / "selftest" / "cat.jpg"
 SHIPPED_MODEL = ROOT / "models" / "plus_int8.tflite"
+MODEL_SUFFIXES = (".tflite", ".onnx")
 
 
 class DeployError(Exception):
@@ -46,15 +49,20 @@ class Remote:
             self.options += ["-o", f"UserKnownHostsFile={args.known_hosts}"]
         self.port = str(args.port)
 
-    def ssh(self, command: str, step: str, data: bytes | None = None,
+    def ssh(self, script: str, *args: str, step: str, data: bytes | None = None,
             stream: bool = False) -> str:
-        """Run `command` on the device (feeding it `data`); its output, or DeployError."""
+        """Run the sh `script` on the device with `args` as $1, $2... (feeding it `data`); its
+        output, or DeployError. ssh hands the device's shell one string: the script and every
+        argument go in it quoted, so no value is ever read as shell syntax there."""
+        command = " ".join(["sh", "-c", shlex.quote(script), "sh", *map(shlex.quote, args)])
         argv = ["ssh", "-p", self.port, *self.options, self.host, command]
         if not stream:
             result = subprocess.run(argv, input=data, capture_output=True,
                                     stdin=None if data is not None else subprocess.DEVNULL)
             if result.returncode != 0:
                 raise DeployError(f"{step} failed on {self.host}:\n{_text(result.stderr)}")
+            for line in _text(result.stderr).splitlines():  # notes, e.g. from swap_code.sh
+                print(f"  {self.host}: {line}", file=sys.stderr, flush=True)
             return _text(result.stdout)
         lines = []
         with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -67,36 +75,45 @@ class Remote:
         return "".join(lines)
 
     def copy_code(self, use_rsync: bool) -> str:
+        """Unpack runtime/ and devices/ beside the old ones, then swap them in by rename
+        (devices/swap_code.sh): a failure at any point leaves the old code running."""
         if use_rsync:
+            stage = f"{self.dir}/.incoming-code.rsync"
             shell = " ".join(["ssh", "-p", self.port, *map(shlex.quote, self.options)])
-            command = ["rsync", "-a", "--delete", "--exclude", "__pycache__", "-e", shell,
-                       "runtime", "devices", f"{self.host}:{self.dir}/"]
+            # --protect-args: the device's shell never parses the path; --link-dest: files
+            # that did not change are hard links to the running ones, not copies.
+            command = ["rsync", "-a", "--delete", "--protect-args", "--exclude", "__pycache__",
+                       "--link-dest", "..", "-e", shell, "runtime", "devices",
+                       f"{self.host}:{stage}/"]
             result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
             if result.returncode != 0:
                 raise DeployError(f"copying the code failed:\n{result.stderr.strip()}")
+            self.ssh('exec sh "$2/devices/swap_code.sh" "$1" "$2"', self.dir, stage,
+                     step="swapping in the code")
             return "rsync"
         archive = subprocess.run(["tar", "czf", "-", "--exclude", "__pycache__", "runtime",
                                   "devices"], cwd=ROOT, capture_output=True, check=True).stdout
-        staging = f"{self.dir}/.incoming-code"
-        self.ssh(f"rm -rf {staging} && mkdir -p {staging} && tar xzf - -C {staging} && "
-                 f"rm -rf {self.dir}/runtime {self.dir}/devices && "
-                 f"mv {staging}/runtime {staging}/devices {self.dir}/ && rmdir {staging}",
-                 "copying the code", data=archive)
+        self.ssh('stage=$(mktemp -d "$1/.incoming-code.XXXXXX") || exit 1\n'
+                 'tar xzf - -C "$stage" || { rm -rf -- "$stage"; exit 1; }\n'
+                 'exec sh "$stage/devices/swap_code.sh" "$1" "$stage"',
+                 self.dir, step="copying the code", data=archive)
         return "tar over ssh"
 
     def copy_model(self, model: Path) -> str:
         """Upload to a temporary name, check its digest, then rename: atomic on the device's
         filesystem. A connection cut mid-upload ends `cat` as if the file had ended, so only
         the digest tells a whole upload from a truncated one."""
-        final = f"{self.dir}/models/current{model.suffix}"
-        incoming = f"{self.dir}/models/.incoming{model.suffix}"
+        suffix = model.suffix.lower()
         data = model.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        self.ssh(f"cat > {incoming} && echo '{digest}  {incoming}' | sha256sum --check "
-                 f"--status && mv -f {incoming} {final} || {{ rm -f {incoming}; "
-                 "echo 'upload incomplete: the model on the device is unchanged' >&2; exit 1; }",
-                 "copying the model", data=data)
-        return final
+        self.ssh('incoming="$1/models/.incoming$2" final="$1/models/current$2"\n'
+                 'if cat > "$incoming" && [ "$(sha256sum < "$incoming")" = "$3  -" ]; then\n'
+                 '  mv -f -- "$incoming" "$final"\n'
+                 'else\n'
+                 '  rm -f -- "$incoming"\n'
+                 '  echo "upload incomplete: the model on the device is unchanged" >&2; exit 1\n'
+                 'fi', self.dir, suffix, hashlib.sha256(data).hexdigest(),
+                 step="copying the model", data=data)
+        return f"{self.dir}/models/current{suffix}"
 
 
 def _text(data) -> str:
@@ -121,22 +138,22 @@ def deploy(args: argparse.Namespace) -> str:
         raise DeployError(str(error)) from None
     expect = expected_label(args.model)
     remote = Remote(args)
-    remote_tools = remote.ssh(f"mkdir -p {args.remote_dir}/models && "
-                              "(command -v rsync || true)", "connecting")
+    remote_tools = remote.ssh('mkdir -p -- "$1/models" && { command -v rsync || true; }',
+                              args.remote_dir, step="connecting")
     use_rsync = not args.no_rsync and bool(shutil.which("rsync")) and "rsync" in remote_tools
     print(f"connected to {args.host}; copying code ({'rsync' if use_rsync else 'tar'})")
     remote.copy_code(use_rsync)
     model_path = remote.copy_model(args.model)
-    print(f"model {args.model.name} ({', '.join(metadata['labels'])}, "
-          f"{metadata['quantization']}) -> {args.host}:{model_path}")
+    labels = metadata.get("labels") if isinstance(metadata.get("labels"), list) else []
+    print(display(f"model {args.model.name} ({', '.join(map(str, labels))}, "
+                  f"{metadata.get('quantization')}) -> {args.host}:{model_path}"))
     install = [f"{args.remote_dir}/devices/install.sh", "--profile", args.profile, "--model",
                model_path, "--venv", f"{args.remote_dir}/.venv"]
     if expect:
         install += ["--expect", expect]
     if args.service:
         install += ["--service", args.service, "--listen", args.listen]
-    output = remote.ssh("bash " + " ".join(map(shlex.quote, install)), "install.sh",
-                        stream=True)
+    output = remote.ssh('exec bash "$@"', *install, step="install.sh", stream=True)
     passed = [line for line in output.splitlines() if "self-test passed" in line]
     return passed[-1].split("install: ", 1)[-1] if passed else "installed"
 
@@ -168,8 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rsync", action="store_true", help="copy with tar over ssh")
     parser.add_argument("--timeout", type=int, default=10, help="connect timeout, seconds")
     args = parser.parse_args(argv)
+    if args.host.startswith("-"):
+        parser.error(f"--host {display(args.host)}: not USER@HOST")  # ssh would read an option
+    if args.remote_dir.startswith("-"):
+        args.remote_dir = f"./{args.remote_dir}"  # a path, never an option of mkdir or bash
+    if args.model.suffix.lower() not in MODEL_SUFFIXES:
+        parser.error(f"{display(args.model)}: a model is a .tflite or .onnx file")
     if not args.model.is_file():
-        parser.error(f"{args.model}: model file not found")
+        parser.error(f"{display(args.model)}: model file not found")
     try:
         result = deploy(args)
     except DeployError as error:

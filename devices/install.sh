@@ -12,7 +12,8 @@
 # --model defaults to the shipped plus model (models/plus_int8.tflite) in a clone.
 # --service installs and starts edgeconv-camera.service (classify --camera, lines to the
 # journal) or, with "serve", edgeconv-serve.service (the preview page and HTTP API on
-# --listen, default 127.0.0.1:8080); --render-unit FILE only writes that unit to FILE.
+# --listen, default 127.0.0.1:8080); --render-unit FILE only writes that unit to FILE (nothing
+# installed). --profile auto: the profile whose profile.json fits this board and architecture.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,12 +34,13 @@ while [ $# -gt 0 ]; do
     --user) user="$2"; shift 2 ;;
     --no-apt) apt=0; shift ;;
     --render-unit) render="$2"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
 [ -n "$model" ] || [ ! -f "$root/models/plus_int8.tflite" ] || model="$root/models/plus_int8.tflite"
+venv="$(realpath -ms -- "$venv")"  # the unit's ExecStart needs an absolute path
 say() { printf 'install: %s\n' "$*"; }
 die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 
@@ -46,17 +48,35 @@ command -v python3 >/dev/null || die "python3 not found (sudo apt install python
 arch="$(uname -m)"
 os="$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}" || echo unknown)"
 board=""; [ -r /proc/device-tree/model ] && board="$(tr -d '\0' < /proc/device-tree/model)"
-if [ "$profile" = auto ]; then
-  profile="$(cd "$root" && python3 -c 'from runtime.profiles import detect; print(detect())')"
+if [ "$profile" = auto ]; then  # -I: the standard library only, no Pillow needed yet
+  profile="$(python3 -I "$root/runtime/profiles.py")" || die "cannot detect the profile; pass --profile"
 fi
+case "$profile" in */*|.*|"") die "unknown profile '$profile' (see $here/*/profile.json)" ;; esac
 profile_file="$here/$profile/profile.json"
 [ -f "$profile_file" ] || die "unknown profile '$profile' (see $here/*/profile.json)"
-field() { python3 -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print(' '.join(v) if isinstance(v, list) else v)" "$profile_file" "$1"; }
+field() { python3 -I -c "import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print(' '.join(v) if isinstance(v, list) else v)" "$profile_file" "$1"; }
 say "device: $arch, $os${board:+, $board}; profile $profile"
 case " $(field arch) " in
   *" $arch "*) ;;
   *) say "warning: profile $profile is meant for $(field arch), this is $arch" ;;
 esac
+
+case "$listen" in
+  *:*) ;;
+  *) die "--listen takes HOST:PORT, e.g. 0.0.0.0:8080" ;;
+esac
+render_unit() {  # the unit with this install's paths, user, model, profile and address
+  python3 -I "$here/render_unit.py" "$here/edgeconv-$unit_kind.service" "$1" \
+    "ROOT=$root" "VENV=$venv" "USER=$user" "MODEL=$(realpath -ms -- "$model")" \
+    "PROFILE=$profile" "HOST=${listen%:*}" "PORT=${listen##*:}" || die "cannot render the unit"
+}
+if [ -n "$render" ]; then  # only the unit: nothing installed, nothing started
+  [ -n "$model" ] || die "--render-unit needs --model"
+  [ -f "$model" ] || die "model $model not found"
+  render_unit "$render"
+  say "unit written to $render"
+  exit 0
+fi
 
 if [ "$apt" = 1 ] && [ -n "$(field apt)" ] && [ -n "$board" ]; then
   say "system packages: $(field apt)"
@@ -99,24 +119,7 @@ if [ -n "$model" ]; then
   say "self-test passed: $label${expect:+ (expected $expect)}"
 fi
 
-case "$listen" in
-  *:*) ;;
-  *) die "--listen takes HOST:PORT, e.g. 0.0.0.0:8080" ;;
-esac
-render_unit() {  # the unit with this install's paths, user, model, profile and address
-  sed -e "s|@ROOT@|$root|g" -e "s|@VENV@|$venv|g" -e "s|@USER@|$user|g" \
-      -e "s|@MODEL@|$(cd "$(dirname "$model")" && pwd)/$(basename "$model")|g" \
-      -e "s|@PROFILE@|$profile|g" \
-      -e "s|@SERVE_ARGS@|--host ${listen%:*} --port ${listen##*:}|g" \
-      "$here/edgeconv-$unit_kind.service" > "$1"
-}
-if [ -n "$render" ]; then
-  [ -n "$model" ] || die "--render-unit needs --model"
-  render_unit "$render"
-  say "unit written to $render"
-fi
-
-if [ -n "$service" ] && [ -z "$render" ]; then
+if [ -n "$service" ]; then
   [ -n "$model" ] || die "--service needs --model"
   unit=/etc/systemd/system/edgeconv-$service.service
   rendered="$(mktemp)"

@@ -148,8 +148,7 @@ def card(model: dict) -> str:
     ]
     if calibration:
         lines.append(f"- int8 calibration: {calibration['images']} images of "
-                     f"`{Path(calibration['folder']).parent.name}/"
-                     f"{Path(calibration['folder']).name}`, {calibration['selection']}.")
+                     f"`{calibration['name']}`, {calibration['selection']}.")
     lines += ["", "Test split, end to end from the JPEGs (`runtime/classify FILE "
               "DIR/test --eval` prints the accuracy; parity against the Keras model):", "",
               markdown_table(

@@ -97,6 +97,18 @@ def calibration_set(source: Source, folder: Path | None, count: int) -> tuple[np
             print(f"calibration: skipped {error}", file=sys.stderr)
     if not images:
         raise ExportError(f"{folder}: none of its images could be read for calibration")
-    description = {"folder": str(folder), "images": len(images), "skipped": skipped,
+    # Named, counted and digested, never by its absolute path: the metadata travels with the
+    # model to devices and their /api/info, and the path would tell the training machine's.
+    description = {"name": "/".join(folder.resolve().parts[-2:]), "images": len(images),
+                   "skipped": skipped, "sha256": files_digest(list(dict.fromkeys(chosen))),
                    "selection": f"evenly spaced over {len(files)} sorted files"}
     return np.stack(images), description
+
+
+def files_digest(files: list[Path]) -> str:
+    """SHA-256 over the files' SHA-256 digests, in order: the same set of bytes on any machine
+    gives the same digest, wherever the folder is."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()

@@ -20,6 +20,7 @@ import numpy as np
 
 from runtime.classifier import Classifier, Prediction
 from runtime.hotswap import HotModel
+from runtime.text import display
 
 
 class CameraError(RuntimeError):
@@ -53,7 +54,7 @@ def open_capture(source: str, width: int | None, height: int | None):
                           ) from None
     capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not capture.isOpened():
-        raise CameraError(f"{source}: cannot open this camera or stream")
+        raise CameraError(f"{display(source)}: cannot open this camera or stream")
     if width:
         capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
     if height:
@@ -94,10 +95,11 @@ def frames(source: str, width: int | None, height: int | None, retries: int = 5,
                 return
             failures += 1
             if failures > retries:
-                log(f"stream {source} lost; gave up after {retries} retries", file=sys.stderr)
+                log(f"stream {display(source)} lost; gave up after {retries} retries",
+                    file=sys.stderr)
                 return
             delay = min(0.5 * 2 ** (failures - 1), 8.0)
-            log(f"stream {source} dropped; retry {failures}/{retries} in {delay:.1f} s",
+            log(f"stream {display(source)} dropped; retry {failures}/{retries} in {delay:.1f} s",
                 file=sys.stderr)
             close()
             time.sleep(delay)

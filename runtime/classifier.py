@@ -17,6 +17,7 @@ from runtime import evaluate
 from runtime.engines import open_engine
 from runtime.metadata import ModelFileError, read_metadata
 from runtime.preprocess import ImageError, ImageSource, load_image
+from runtime.text import display
 
 
 @dataclass
@@ -53,6 +54,9 @@ class Classifier:
         except (KeyError, TypeError, ValueError):
             raise ModelFileError(f"{model}: edgeconv metadata lacks labels, input or output"
                                  ) from None
+        if any(display(label) != label for label in self.labels):
+            raise ModelFileError(f"{model}: edgeconv metadata has labels with control "
+                                 f"characters: {', '.join(map(display, self.labels))}")
         if not (isinstance(shape, list) and len(shape) == 4 and shape[3] == 3 and all(
                 isinstance(n, int) and n > 0 for n in shape)) or len(self.labels) < 2:
             raise ModelFileError(f"{model}: edgeconv metadata has input shape {shape!r} and "

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import struct
 from pathlib import Path
 
+from runtime.text import display
+
 METADATA_KEY = "edgeconv"
 METADATA_FORMAT = "edgeconv-model/1"
+MAX_MODEL_BYTES = 512 * 1024 * 1024  # far above any edge model (the shipped ones: 3-14 MB)
+MAX_METADATA_BYTES = 1024 * 1024  # the real metadata is about 1 KB
+MAX_METADATA_DEPTH = 32  # the real metadata nests 3 deep
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 class ModelFileError(ValueError):
@@ -22,20 +30,69 @@ class ModelFileError(ValueError):
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The edgeconv metadata dict of a .tflite or .onnx file."""
+    """The edgeconv metadata dict of a .tflite or .onnx file, with what only the machine that
+    made it should know (absolute paths) left out."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ModelFileError(f"{path}: cannot read ({error.strerror or error})") from None
+    data = read_model_file(path)
     kind = model_kind(path, data)
     entries = tflite_metadata(data, path) if kind == "tflite" else onnx_metadata(data, path)
     if METADATA_KEY not in entries:
-        raise ModelFileError(f"{path}: no edgeconv metadata; export it with export/to_{kind}.py")
+        raise ModelFileError(f"{display(path)}: no edgeconv metadata; export it with "
+                             f"export/to_{kind}.py")
+    return public(parse_metadata(entries[METADATA_KEY], path))
+
+
+def read_model_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_MODEL_BYTES; anything else (a FIFO,
+    /dev/zero, a folder, a huge file) is refused before it is read."""
     try:
-        return json.loads(entries[METADATA_KEY])
-    except ValueError:
-        raise ModelFileError(f"{path}: edgeconv metadata is not valid JSON") from None
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise ModelFileError(f"{display(path)}: not a regular file")
+        if status.st_size > MAX_MODEL_BYTES:
+            raise ModelFileError(f"{display(path)}: {status.st_size / 2**20:.0f} MiB, over the "
+                                 f"{MAX_MODEL_BYTES // 2**20} MiB limit for a model")
+        with path.open("rb") as file:
+            return file.read(MAX_MODEL_BYTES)
+    except OSError as error:
+        raise ModelFileError(f"{display(path)}: cannot read ({error.strerror or error})"
+                             ) from None
+
+
+def parse_metadata(text: str | bytes, path: Path | str = "<model>") -> dict:
+    """The metadata JSON as a dict; too large, too deeply nested or not an object is a
+    ModelFileError (json would raise RecursionError on deep nesting)."""
+    if len(text) > MAX_METADATA_BYTES:
+        raise ModelFileError(f"{display(path)}: edgeconv metadata over "
+                             f"{MAX_METADATA_BYTES // 1024} KiB")
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    depth = deepest = 0
+    for bracket in re.sub(r"[^\[\]{}]", "", _JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_METADATA_DEPTH:
+        raise ModelFileError(f"{display(path)}: edgeconv metadata nested over "
+                             f"{MAX_METADATA_DEPTH} deep")
+    try:
+        metadata = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ModelFileError(f"{display(path)}: edgeconv metadata is not valid JSON") from None
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{display(path)}: edgeconv metadata is not a JSON object")
+    return metadata
+
+
+def public(metadata: dict) -> dict:
+    """`metadata` without the calibration folder's absolute path, which models exported
+    before export described the set by name, count and digest still carry."""
+    calibration = metadata.get("calibration")
+    if isinstance(calibration, dict) and "folder" in calibration:
+        calibration = dict(calibration)
+        folder = str(calibration.pop("folder"))
+        calibration.setdefault("name", "/".join(Path(folder).parts[-2:]))
+        metadata = {**metadata, "calibration": calibration}
+    return metadata
 
 
 def model_kind(path: Path, data: bytes) -> str:
@@ -44,7 +101,7 @@ def model_kind(path: Path, data: bytes) -> str:
         return "tflite"
     if path.suffix.lower() == ".onnx" or data[:1] == b"\x08":  # ModelProto starts ir_version
         return "onnx"
-    raise ModelFileError(f"{path}: not a TFLite or ONNX model")
+    raise ModelFileError(f"{display(path)}: not a TFLite or ONNX model")
 
 
 def tflite_metadata(data: bytes, path: Path | str = "<tflite>") -> dict[str, bytes]:
@@ -59,7 +116,7 @@ def tflite_metadata(data: bytes, path: Path | str = "<tflite>") -> dict[str, byt
             entries[name] = _buffer_bytes(data, buffers[index])
         return entries
     except (struct.error, IndexError, UnicodeDecodeError):
-        raise ModelFileError(f"{path}: truncated or corrupt TFLite file") from None
+        raise ModelFileError(f"{display(path)}: truncated or corrupt TFLite file") from None
 
 
 def onnx_metadata(data: bytes, path: Path | str = "<onnx>") -> dict[str, str]:
@@ -67,7 +124,7 @@ def onnx_metadata(data: bytes, path: Path | str = "<onnx>") -> dict[str, str]:
     try:
         fields = _protobuf_fields(data)
         if 7 not in {number for number, _ in fields}:  # a ModelProto always has a graph
-            raise ModelFileError(f"{path}: not an ONNX model (no graph)")
+            raise ModelFileError(f"{display(path)}: not an ONNX model (no graph)")
         entries = {}
         for number, value in fields:
             if number == 14:
@@ -77,7 +134,7 @@ def onnx_metadata(data: bytes, path: Path | str = "<onnx>") -> dict[str, str]:
     except (IndexError, ValueError, UnicodeDecodeError) as error:
         if isinstance(error, ModelFileError):
             raise
-        raise ModelFileError(f"{path}: truncated or corrupt ONNX file") from None
+        raise ModelFileError(f"{display(path)}: truncated or corrupt ONNX file") from None
 
 
 # --- flatbuffers, just enough to walk Model.metadata and Model.buffers -------------------

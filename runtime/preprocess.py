@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from runtime.text import display
+
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 # Recorded in every exported model so a device can check it resizes the same way.
@@ -34,6 +36,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # Refuse images whose header claims more pixels than this before decoding them: a
 # decompression bomb must not take a small device's memory. 64 MP covers any camera photo.
 MAX_PIXELS = 64_000_000
+# Files larger than this are refused before they are read: a 64 MP uncompressed RGBA TIFF fits.
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
@@ -122,31 +126,34 @@ def open_image(source: ImageSource, model_side: int | None = None) -> Image.Imag
 
 
 def read_regular_file(path: Path, name: str) -> bytes:
-    """The bytes of a regular file; a FIFO, device, socket or broken link is an ImageError,
-    never a read that blocks or never ends."""
+    """The bytes of a regular file of at most MAX_IMAGE_BYTES; a FIFO, device, socket, broken
+    link or huge file is an ImageError, never a read that blocks, never ends or fills memory."""
     try:
-        mode = path.stat().st_mode
+        status = path.stat()
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise ImageError(f"{name}: symbolic link loop") from None
         if path.is_symlink():
             raise ImageError(f"{name}: broken symbolic link") from None
         raise ImageError(f"{name}: cannot read ({error.strerror or error})") from None
+    mode = status.st_mode
     if not stat.S_ISREG(mode):
         kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
                 stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a folder"
                 if stat.S_ISDIR(mode) else "not a regular file")
         raise ImageError(f"{name}: {kind}, not an image file")
+    too_big = ImageError(f"{name}: {status.st_size / 2**20:.0f} MiB, over the "
+                         f"{MAX_IMAGE_BYTES // 2**20} MiB limit for a photo")
+    if status.st_size > MAX_IMAGE_BYTES:
+        raise too_big
     try:
-        return path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_IMAGE_BYTES + 1)  # bounded: the file may grow after stat
     except OSError as error:
         raise ImageError(f"{name}: cannot read ({error.strerror or error})") from None
-
-
-def display(path: str | os.PathLike) -> str:
-    """A path as one printable line: newlines and bytes that are not UTF-8 escaped."""
-    text = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
-    return text.replace("\n", "\\n").replace("\r", "\\r")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise too_big
+    return data
 
 
 def _from_array(pixels: np.ndarray) -> Image.Image:

@@ -206,7 +206,7 @@ class App:
 
     def info(self) -> dict:
         classifier = self.model.classifier
-        return {"model": str(self.model.path), "metadata": classifier.metadata,
+        return {"model": self.model.path.name, "metadata": classifier.metadata,
                 "engine": classifier.engine.name, "threads": classifier.engine.threads,
                 "min_score": classifier.min_score, "profile": self.profile,
                 "uptime_s": round(time.time() - self.stats.started, 1),

@@ -2,10 +2,13 @@
 
 import contextlib
 import hashlib
+import os
 import platform
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from conftest import REPO, free_port, run_script
 
 from runtime.classifier import Classifier
 from runtime.metadata import read_metadata
-from runtime.profiles import available, detect, load_profile
+from runtime.profiles import ProfileError, available, detect, load_profile
 
 PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
 USER = "edgeconv-deploy"
@@ -34,6 +37,83 @@ def test_every_profile_names_an_engine_threads_camera_and_packages():
     assert here["name"] == detect() and platform.machine() in here["arch"]
 
 
+def test_the_profiles_themselves_say_which_board_they_fit():
+    assert detect("aarch64", "Raspberry Pi 5 Model B Rev 1.0") == "raspberry-pi-5"
+    assert detect("aarch64", "Raspberry Pi 4 Model B Rev 1.4") == "raspberry-pi-4"
+    assert detect("aarch64", "") == "raspberry-pi-4"  # no device tree: the arch's default
+    assert detect("armv7l", "Raspberry Pi 3 Model B Plus Rev 1.3") == "raspberry-pi-32bit"
+    assert detect("x86_64", "") == "linux-x86_64"
+    with pytest.raises(ProfileError, match="no profile .* fits this riscv64 machine"):
+        detect("riscv64", "")
+
+
+def bare_python(folder: Path) -> Path:
+    """A folder whose python3 is a bare interpreter: the standard library and nothing else,
+    as on a fresh Raspberry Pi OS."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    no_pillow = subprocess.run([str(folder / "bin" / "python3"), "-c", "import PIL"],
+                               capture_output=True)
+    assert no_pillow.returncode != 0
+    return folder / "bin"
+
+
+def test_install_sh_detects_the_profile_on_a_python_without_pillow(shipped, tmp_path):
+    root = clean_copy(tmp_path)
+    path = f"{bare_python(tmp_path / 'bare')}:{os.environ['PATH']}"
+    result = subprocess.run(["bash", str(root / "devices" / "install.sh"), "--model",
+                             str(shipped / "plus_int8.tflite"), "--render-unit",
+                             str(tmp_path / "unit.service"), "--no-apt"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ,
+                                                                              "PATH": path})
+    print(f"\ninstall.sh with no profile on a bare Python printed: {result.stdout}{result.stderr}")
+    assert result.returncode == 0, result.stderr
+    assert f"; profile {detect()}" in result.stdout and "Traceback" not in result.stderr
+    assert f"--profile {detect()} " in (tmp_path / "unit.service").read_text()
+
+
+def exec_start(unit: Path) -> list[str]:
+    """ExecStart's words read back: shlex for the quotes, then systemd's %% and $$ (the
+    program's path takes no variables, so its $ stays single)."""
+    line = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
+    words = shlex.split(line.removeprefix("ExecStart="))
+    return [word.replace("%%", "%") if i == 0 else word.replace("%%", "%").replace("$$", "$")
+            for i, word in enumerate(words)]
+
+
+def test_the_unit_keeps_a_hostile_path_one_argument(shipped, tmp_path):
+    root = clean_copy(tmp_path / "R&D |100% $HOME; x")
+    model = root / "models" / "it's a|b&c %n $USER \\ \"q\".tflite"
+    model.parent.mkdir()
+    shutil.copy(shipped / "plus_int8.tflite", model)
+    bare_python(root / ".venv")  # systemd-analyze checks that the program exists
+    install = ["bash", str(root / "devices" / "install.sh"), "--profile", "linux-x86_64",
+               "--model", str(model), "--no-apt", "--render-unit"]
+    for kind, extra, tail in [("camera", [], ["--camera", "--no-display"]),
+                              ("serve", ["--service", "serve", "--listen", "0.0.0.0:8081"],
+                               ["--camera", "--host", "0.0.0.0", "--port", "8081"])]:
+        unit = tmp_path / f"edgeconv-{kind}.service"
+        result = subprocess.run([*install, str(unit), *extra], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+        program = "classify" if kind == "camera" else "serve"
+        assert exec_start(unit) == [str(root / ".venv" / "bin" / "python"),
+                                    str(root / "runtime" / program), str(model), "--profile",
+                                    "linux-x86_64", *tail]
+        assert f"WorkingDirectory={root}".replace("%", "%%") in unit.read_text()
+        verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                                text=True)
+        assert verify.returncode == 0, verify.stderr
+    print(f"\nthe rendered line: {unit.read_text().split('ExecStart=')[1].splitlines()[0]}")
+
+    quoted = clean_copy(tmp_path / 'a "quoted" folder')
+    refused = subprocess.run(["bash", str(quoted / "devices" / "install.sh"), "--profile",
+                              "linux-x86_64", "--model", str(model), "--no-apt",
+                              "--render-unit", str(tmp_path / "refused.service")],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1
+    assert "systemd cannot run a program whose path holds a quote" in refused.stderr
+
+
 def test_classify_applies_a_profile_and_flags_override_it(shipped):
     model = shipped / "plus_int8.tflite"
     result = run_script("runtime/classify", model, PHOTO, "--profile", "raspberry-pi-32bit",
@@ -43,7 +123,7 @@ def test_classify_applies_a_profile_and_flags_override_it(shipped):
 
 
 def clean_copy(tmp_path: Path) -> Path:
-    """runtime/ and devices/ alone, as deploy puts them on a device."""
+    """runtime/ and devices/ alone, as deploy puts them on a device (in tmp_path/device)."""
     root = tmp_path / "device"
     for folder in ("runtime", "devices"):
         shutil.copytree(REPO / folder, root / folder,

@@ -1,7 +1,8 @@
 """Raspberry Pi OS Bookworm, emulated (devices/emulate.sh): arm64 and 32-bit armhf.
 
-Inside each: install.sh for the Pi's profile, then classify 200 test photos with every engine
-the profile offers, with the shipped int8 model and a float32 one; labels must equal x86's,
+Inside each: install.sh for the Pi's profile (on arm64 with no --profile: detected by a system
+Python without Pillow), then classify 200 test photos with every engine the profile offers,
+with the shipped int8 model and a float32 one; labels must equal x86's,
 int8 scores within one quantization step, float32 within 1e-5 (wider on 32-bit Arm: see
 ARMV7_INT8_STEPS and ARMV7_FLOAT_TOLERANCE). Then deploy.py from x86 into an OpenSSH server in
 a second arm64 userland, twice, and the fleet's Ansible rollout into it. The three emulated
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.system
 
 EMULATE = REPO / "devices" / "emulate.sh"
 PROFILES = {"arm64": "raspberry-pi-4", "armhf": "raspberry-pi-32bit"}
+AUTO_PROFILE = {"arm64"}  # install.sh and deploy.py detect it there (no device tree: the default)
 PHOTOS_PER_CLASS = 100
 FLOAT_TOLERANCE = 1e-5
 # 32-bit Arm sums float32 products in another order (4-wide NEON, no x86 FMA): 1.3e-5 seen.
@@ -127,13 +129,19 @@ def install_and_classify(arch: str, real_data: Path, float_models: dict[str, Pat
         for photo in sorted((real_data / "test" / name).iterdir())[:PHOTOS_PER_CLASS]:
             shutil.copy(photo, clone / "photos" / name / photo.name)
     profile = load_profile(PROFILES[arch])
+    # arm64 as a new user runs it: no --profile (auto), on a system Python without Pillow.
+    choose = "" if arch in AUTO_PROFILE else f"--profile {profile['name']} "
+    if arch in AUTO_PROFILE:
+        assert "no Pillow" in pi.shell("system Python", "python3 -c 'import PIL' 2>/dev/null "
+                                       "&& echo Pillow || echo no Pillow")
     rows = {}
     for engine, suffix in engine_cases(profile):
         shipped = f"models/plus_int8{suffix}"
-        installed = pi.run(f"install.sh --profile {profile['name']} --model {shipped}",
-                           f"bash devices/install.sh --profile {profile['name']} --model "
-                           f"{shipped} --expect cats --no-apt")
+        installed = pi.run(f"install.sh {choose}--model {shipped}",
+                           f"bash devices/install.sh {choose}--model {shipped} --expect cats "
+                           "--no-apt")
         assert "self-test passed: cats" in installed, f"emulated {arch}: {installed}"
+        assert f"; profile {profile['name']}" in installed, f"emulated {arch}: {installed}"
         for model in (shipped, f"models/test_float32{suffix}"):
             rows[f"{engine} {model}"] = classify_rows(pi.run(
                 f"classify {model} with {engine}",
@@ -208,11 +216,12 @@ def deploy_twice(models: list[Path], work: Path) -> tuple[EmulatedPi, list[bytes
             started = time.monotonic()
             result = run_script("devices/deploy.py", "--host", "pi@127.0.0.1", "--port", port,
                                 "--identity", work / "client_key", "--known-hosts",
-                                work / "known_hosts", "--model", model, "--profile",
-                                "raspberry-pi-4", "--timeout", "60", timeout=1800)
+                                work / "known_hosts", "--model", model, "--timeout", "60",
+                                timeout=1800)  # --profile auto: detected on the device
             if result.returncode != 0:
                 step_failed("arm64", f"deploy.py --model {model.name}", result)
             assert "self-test passed: cats (expected cats)" in result.stdout, result.stdout
+            assert "; profile raspberry-pi-4" in result.stdout, result.stdout
             pi.seconds[f"deploy {model.name}"] = round(time.monotonic() - started, 1)
             held.append((pi.root / "home/pi/edgeconv/models/current.tflite").read_bytes())
         reused = "(reused)" in result.stdout

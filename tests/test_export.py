@@ -177,3 +177,21 @@ def test_parity_check_uses_the_threshold_in_the_models_metadata(shipped, few_pho
         keras_labels = ["dogs" if dog else "cats" for dog in keras_dogs]
         assert row["reference_accuracy"] == sum(map(str.__eq__, keras_labels, truth)) / 20
     assert found.rows[1]["threshold"] == 0.9 and row["images"] == 20
+
+
+def test_calibration_is_described_by_name_count_and_digest_never_a_path(shipped, real_data,
+                                                                        tmp_path):
+    from export.source import Source, calibration_set
+
+    photos = sorted((real_data / "train" / "cats").glob("*.jpg"))[:4]
+    described = []
+    for place in ("one/machine", "another/place"):
+        folder = tmp_path / place / "cats_and_dogs_small" / "train"
+        folder.mkdir(parents=True)
+        for photo in photos:
+            (folder / photo.name).write_bytes(photo.read_bytes())
+        described.append(calibration_set(Source(shipped / "plus.keras"), folder, 3)[1])
+    assert described[0] == described[1]  # the same photos anywhere: the same description
+    assert described[0]["name"] == "cats_and_dogs_small/train"
+    assert described[0]["images"] == 3 and len(described[0]["sha256"]) == 64
+    assert str(tmp_path) not in json.dumps(described[0]) and "folder" not in described[0]

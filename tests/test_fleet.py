@@ -325,3 +325,23 @@ def test_rollback_puts_the_previous_model_back_everywhere(fleet, fleet_on_plus):
     assert again.returncode == 0 and all(
         counts["changed"] == 0 for counts in again.recap().values())
     assert set(fleet.current().values()) == {sha256(PLUS)}
+
+
+def test_a_code_update_over_root_owned_bytecode_keeps_the_host_working(fleet, fleet_on_plus):
+    host = "fleet-1"
+    folder = fleet.devices[host].home / "edgeconv"
+    cache = folder / "runtime" / "__pycache__"  # what one `sudo runtime/classify` leaves
+    cache.mkdir(exist_ok=True)
+    (cache / "x.pyc").write_bytes(b"root's bytecode")
+    os.chown(cache, 0, 0)
+    (folder / ".code.tar").unlink()  # the code is sent and unpacked again
+    run = fleet.rollout(PLUS, "-e", "batch_size=100%", "--limit", host)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "self-test passed" in run.reports()[host]
+    assert (folder / "runtime" / "classify").is_file() and (folder / "devices").is_dir()
+    assert not (folder / "runtime" / "__pycache__" / "x.pyc").exists()
+    leftovers = sorted(p.name.split(".")[1] for p in folder.iterdir()
+                       if p.name.startswith((".old-", ".incoming-")))
+    assert leftovers == ["old-runtime"]  # what its user could not remove; reported
+    for old in folder.glob(".old-runtime.*"):
+        shutil.rmtree(old)

@@ -7,10 +7,13 @@ process with a timeout, tabulated (case, tried, crashes, hangs, wrong exits, los
 
 Photos: every case of `image_cases` in one folder beside good photos (each bad one must get a
 line naming it and why, each good one a label, exit 1), then each alone (exit 1 with that line,
-or 0 for a file that is a real image after all). Models: MUTATIONS mutated copies of each model
-(truncation, byte flips, corrupted or missing edgeconv metadata, a wrong input shape, the
-other format's suffix, garbage): exit 0 (still a valid model) or 2 with one `error:` line.
-A crash (signal), a traceback, any other exit, or no answer within the timeout is counted.
+or 0 for a file that is a real image after all); names holding terminal escapes, and a 1 GiB
+sparse .jpg. Models: MUTATIONS mutated copies of each model (truncation, byte flips, corrupted
+or missing edgeconv metadata, a wrong input shape, the other format's suffix, garbage): exit 0
+(still a valid model) or 2 with one `error:` line; then hostile model files (/dev/zero, a FIFO,
+a folder, 600 MiB, metadata nested 100,000 deep, labels with escapes): exit 2, one line.
+A crash (signal), a traceback, any other exit, no answer within the timeout, or a raw control
+character in the output (a name's escape sequence reaching the terminal) is counted.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from runtime.preprocess import display  # noqa: E402
 from runtime.tables import markdown_table  # noqa: E402
+from runtime.text import display  # noqa: E402
 
 TIMEOUT = 60
 
@@ -124,18 +127,21 @@ GOOD_CASES = {"png-named.jpg", "sixteen-bit.png", "palette.png", "cmyk.jpg", "an
                                                        for v in range(1, 9))}
 
 
-def classify(model: Path, *args: str | Path, stdin: bytes | None = None) -> tuple[str, str]:
-    """(outcome, stderr) of one classify process: 'exit N', 'signal NAME', 'hang'."""
+def classify(model: Path, *args: str | Path, stdin: bytes | None = None
+             ) -> tuple[str, str, str]:
+    """(outcome, stderr, stdout) of one classify process; outcome: 'exit N', 'signal NAME',
+    'hang'."""
     try:
         result = subprocess.run([sys.executable, str(ROOT / "runtime" / "classify"), str(model),
                                  *map(str, args)], input=stdin, capture_output=True,
                                 timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
-        return "hang", ""
-    stderr = result.stderr.decode(errors="replace")
+        return "hang", "", ""
+    stderr, stdout = (result.stderr.decode(errors="replace"),
+                      result.stdout.decode(errors="replace"))
     if result.returncode < 0:
-        return f"signal {signal.Signals(-result.returncode).name}", stderr
-    return f"exit {result.returncode}", stderr
+        return f"signal {signal.Signals(-result.returncode).name}", stderr, stdout
+    return f"exit {result.returncode}", stderr, stdout
 
 
 def photo_rows(model: Path, photos: Path, work: Path) -> list[list]:
@@ -148,9 +154,9 @@ def photo_rows(model: Path, photos: Path, work: Path) -> list[list]:
         write(folder / name)
     counts = Counter()
     for name in cases:
-        outcome, stderr = classify(model, folder / name)
+        outcome, stderr, stdout = classify(model, folder / name)
         expected = "exit 0" if name in GOOD_CASES else "exit 1"
-        counts[classify_outcome(outcome, stderr, expected, name)] += 1
+        counts[classify_outcome(outcome, stderr, expected, name, stdout)] += 1
     rows = [[f"photos, each alone ({len(cases) - len(GOOD_CASES)} bad, "
              f"{len(GOOD_CASES)} odd but good)", len(cases), *tally(counts)]]
 
@@ -172,8 +178,8 @@ def photo_rows(model: Path, photos: Path, work: Path) -> list[list]:
                  "one labelled", 1, *tally(mixed)[:3], lost])
     paths = b"\n".join([os.fsencode(folder / good[0].name), b"/no/such/photo.jpg",
                         os.fsencode(folder / "fifo.jpg")]) + b"\n"
-    outcome, stderr = classify(model, "-", stdin=paths)
-    piped = Counter({classify_outcome(outcome, stderr, "exit 1", "stdin"): 1})
+    outcome, stderr, stdout = classify(model, "-", stdin=paths)
+    piped = Counter({classify_outcome(outcome, stderr, "exit 1", "stdin", stdout): 1})
     rows.append(["paths on stdin that do not exist or are FIFOs", 1, *tally(piped)])
     return rows
 
@@ -303,12 +309,152 @@ def model_rows(model: Path, count: int, photo: Path, work: Path, seed: int = 0) 
         kind, mutated, suffix = mutations(data, model.suffix, rng)
         path = work / f"mutant-{index}{suffix}"
         path.write_bytes(mutated)
-        outcome, stderr = classify(path, photo)
+        outcome, stderr, stdout = classify(path, photo)
         counts.setdefault(kind, Counter())[classify_outcome(outcome, stderr, "exit 0 or 2",
-                                                            path.name)] += 1
+                                                            path.name, stdout)] += 1
         path.unlink()
     return [[f"{model.name}: {kind}", sum(tally_counts.values()), *tally(tally_counts)]
             for kind, tally_counts in sorted(counts.items())]
+
+
+# --- hostile names, sizes and kinds of file ------------------------------------------------
+
+ESCAPE_NAMES = ["erase-\x1b[2K\x1b[1A.jpg", "title-\x1b]0;owned\x07.jpg", "csi-\x9b31m.jpg",
+                "bidi-\u202egpj.exe.jpg", "bell-\x07-tab-\t.jpg"]
+BAD_ESCAPE_NAME = "not-an-image-\x1b]0;owned\x07.jpg"
+HUGE_BYTES = 1024**3
+RSS_LIMIT_MB = 300
+
+
+def name_rows(model: Path, photo: Path, work: Path) -> list[list]:
+    """Photos named with terminal escapes, C1 controls and bidi overrides, and one such
+    non-image, in text and --json: every name escaped, every JSON line valid; a 1 GiB sparse
+    .jpg, which must be refused before it is read (peak RSS under RSS_LIMIT_MB); a camera
+    source so named, which must fail in one escaped line."""
+    folder = work / "names"
+    folder.mkdir()
+    for name in ESCAPE_NAMES:
+        shutil.copy(photo, folder / name)
+    (folder / BAD_ESCAPE_NAME).write_bytes(b"<html>not a photo</html>")
+    counts, lost = Counter(), 0
+    outcome, stderr, stdout = classify(model, folder)
+    counts[classify_outcome(outcome, stderr, "exit 1", "escaped names, text", stdout)] += 1
+    missing = [name for name in [*ESCAPE_NAMES, BAD_ESCAPE_NAME] if display(name) not in stdout]
+    outcome, stderr, stdout = classify(model, folder, "--json")
+    counts[classify_outcome(outcome, stderr, "exit 1", "escaped names, --json", stdout)] += 1
+    try:
+        lines = [json.loads(line) for line in stdout.splitlines()]
+    except ValueError:
+        lines = []
+    labelled = {Path(line["path"]).name for line in lines if "label" in line}
+    refused = {Path(line["path"]).name for line in lines if "error" in line}
+    if missing or labelled != set(ESCAPE_NAMES) or refused != {BAD_ESCAPE_NAME}:
+        lost = 1
+        FAILURES.append(f"escaped names: missing in text {missing!r}; --json labelled "
+                        f"{sorted(labelled)!r}, refused {sorted(refused)!r}")
+    rows = [["names with terminal escapes, C1 controls, bidi overrides (text and --json)", 2,
+             *tally(counts)[:3], lost]]
+
+    huge = work / "huge.jpg"
+    with huge.open("wb") as file:
+        file.truncate(HUGE_BYTES)  # sparse: no disk used
+    outcome, stderr, stdout, rss_mb = classify_measured(model, huge)
+    verdict = classify_outcome(outcome, stderr, "exit 1", "1 GiB .jpg", stdout)
+    if verdict == "ok" and (rss_mb > RSS_LIMIT_MB or "MiB limit" not in stdout):
+        verdict = "wrong exit"
+        FAILURES.append(f"1 GiB .jpg: peak RSS {rss_mb:.0f} MB; {stdout.strip()[-200:]}")
+    huge.unlink()
+    rows.append([f"a 1 GiB sparse .jpg: refused before it is read (peak RSS {rss_mb:.0f} MB)",
+                 1, *tally(Counter({verdict: 1}))])
+
+    outcome, stderr, stdout = classify(model, "--camera", f"/no/camera-{ESCAPE_NAMES[1]}",
+                                       "--max-frames", "1", "--no-display")
+    verdict = classify_outcome(outcome, stderr, "exit 2", "camera source", stdout)
+    rows.append(["a camera source named with terminal escapes", 1,
+                 *tally(Counter({verdict: 1}))])
+    return rows
+
+
+def classify_measured(model: Path, *args: str | Path) -> tuple[str, str, str, float]:
+    """classify's (outcome, stderr, stdout) and its peak RSS in MB, measured by a Python that
+    has no other child."""
+    wrapper = ("import json, resource, subprocess, sys\n"
+               "r = subprocess.run(sys.argv[1:], capture_output=True)\n"
+               "print(json.dumps([r.returncode, r.stdout.decode(errors='replace'), "
+               "r.stderr.decode(errors='replace'), "
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))")
+    try:
+        result = subprocess.run([sys.executable, "-c", wrapper, sys.executable,
+                                 str(ROOT / "runtime" / "classify"), str(model),
+                                 *map(str, args)], capture_output=True, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return "hang", "", "", 0.0
+    code, stdout, stderr, rss_mb = json.loads(result.stdout)
+    outcome = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+    return outcome, stderr, stdout, rss_mb
+
+
+def _protobuf_field(number: int, value: bytes) -> bytes:
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+def onnx_with_metadata(data: bytes, text: bytes) -> bytes:
+    """The ONNX model `data` with `text` as its edgeconv metadata: one more metadata_props
+    entry (field 14) at the end, which wins over the first as in protobuf's own parsers."""
+    return data + _protobuf_field(14, _protobuf_field(1, b"edgeconv") + _protobuf_field(2, text))
+
+
+def model_file_cases(models: list[Path]) -> dict[str, tuple[str, Callable[[Path], None]]]:
+    """case -> (file name, function writing it at a path); each must exit 2 with one line."""
+    onnx = next((m for m in models if m.suffix == ".onnx"), None)
+    cases: dict[str, tuple[str, Callable[[Path], None]]] = {
+        "/dev/zero as the model": ("zero.tflite", lambda path: path.symlink_to("/dev/zero")),
+        "a FIFO as the model": ("fifo.tflite", lambda path: os.mkfifo(path)),
+        "a folder as the model": ("folder.tflite", lambda path: path.mkdir()),
+        "a 600 MiB sparse .tflite": ("big.tflite", lambda path: (path.touch(), os.truncate(
+            path, 600 * 2**20))),
+    }
+    if onnx is not None:
+        from runtime.metadata import read_metadata
+
+        data, metadata = onnx.read_bytes(), read_metadata(onnx)
+        deep = b"[" * 100_000 + b"]" * 100_000
+        escaped = json.dumps({**metadata, "labels": ["\x1b]0;owned\x07cats", "dogs\x1b[2K"]})
+        cases["ONNX metadata JSON nested 100,000 deep"] = (
+            "deep.onnx", lambda path: path.write_bytes(onnx_with_metadata(data, deep)))
+        cases["ONNX labels holding terminal escapes"] = (
+            "labels.onnx", lambda path: path.write_bytes(onnx_with_metadata(
+                data, escaped.encode())))
+    return cases
+
+
+def model_file_rows(models: list[Path], photo: Path, work: Path) -> list[list]:
+    """Hostile model files (each exit 2, one line), and a good model with a hostile name."""
+    folder = work / "model-files"
+    folder.mkdir()
+    rows = []
+    for case, (name, write) in model_file_cases(models).items():
+        write(folder / name)
+        outcome, stderr, stdout = classify(folder / name, photo)
+        rows.append([case, 1, *tally(Counter({classify_outcome(
+            outcome, stderr, "exit 2", case, stdout): 1}))])
+    named = folder / f"good-{ESCAPE_NAMES[1]}{models[0].suffix}"
+    shutil.copy(models[0], named)
+    counts = Counter()
+    for args in ((photo,), (photo, "--json"), ("/no/such\x1b[2K.jpg",)):
+        outcome, stderr, stdout = classify(named, *args)
+        counts[classify_outcome(outcome, stderr, "exit 0 or 1", "escaped model name",
+                                stdout)] += 1
+    rows.append(["a good model named with terminal escapes (text, --json, an error)", 3,
+                 *tally(counts)])
+    return rows
 
 
 # --- outcomes --------------------------------------------------------------------------------
@@ -316,8 +462,15 @@ def model_rows(model: Path, count: int, photo: Path, work: Path, seed: int = 0) 
 FAILURES: list[str] = []
 
 
-def classify_outcome(outcome: str, stderr: str, expected: str, name: str) -> str:
-    """'ok', 'crash', 'hang' or 'wrong exit' for one run; failures are kept for the report."""
+def raw_control(text: str) -> bool:
+    """True when `text` holds a character a terminal would act on (other than line ends)."""
+    return any(char != "\n" and display(char) != char for char in text)
+
+
+def classify_outcome(outcome: str, stderr: str, expected: str, name: str,
+                     stdout: str = "") -> str:
+    """'ok', 'crash', 'hang' or 'wrong exit' for one run; failures are kept for the report.
+    Output holding a raw control character (an escape sequence from a name) is a wrong exit."""
     if outcome == "hang":
         verdict = "hang"
     elif outcome.startswith("signal") or "Traceback" in stderr or \
@@ -327,6 +480,9 @@ def classify_outcome(outcome: str, stderr: str, expected: str, name: str) -> str
         verdict = "wrong exit"
     elif outcome == "exit 2" and len(stderr.strip().splitlines()) != 1:
         verdict = "wrong exit"  # a refusal is one line
+    elif raw_control(stdout + stderr):
+        verdict = "wrong exit"
+        outcome += ", raw control characters in the output"
     else:
         verdict = "ok"
     if verdict != "ok":
@@ -355,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeconv-hostile-") as work:
         rows = photo_rows(args.models[0], args.photos, Path(work))
         rows += stage_rows(args.keras, args.photos, Path(work))
+        rows += name_rows(args.models[0], photo, Path(work))
+        rows += model_file_rows(args.models, photo, Path(work))
         for model in args.models:
             rows += model_rows(model, args.mutations, photo, Path(work))
     command = ("python tests/reliability/hostile.py " + " ".join(map(str, args.models))
@@ -370,7 +528,9 @@ def main(argv: list[str] | None = None) -> int:
             f"# Reliability: hostile input\n\n`{command}` prints this table "
             f"({os.cpu_count()} cores). A run that ends on a signal or prints a traceback is a "
             "crash; no answer in 60 s is a hang; a bad photo must exit 1 with a line naming "
-            "it, a model file exit 0 (still a valid model) or 2 with one `error:` line.\n\n"
+            "it, a model file exit 0 (still a valid model) or 2 with one `error:` line; a raw "
+            "control character in any output (a name's escape sequence reaching the terminal) "
+            "counts as a wrong exit.\n\n"
             f"{table}\n\nPhoto cases: {names}.\n")
     return 1 if FAILURES else 0
 

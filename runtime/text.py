@@ -1,0 +1,23 @@
+"""Names as one printable line: what a file name or a model holds never drives the terminal."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def display(name: str | os.PathLike) -> str:
+    """`name` with control and format characters (escape sequences, bidi overrides, line
+    separators) and bytes that are not UTF-8 written as backslash escapes."""
+    text = str(name).encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(_escape(c) if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c
+                   for c in text)
+
+
+def _escape(char: str) -> str:
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
