@@ -5,10 +5,11 @@
                            [--service [camera|serve]] [--listen HOST:PORT]
 
 Copies runtime/ and devices/ (rsync when both ends have it, else tar over ssh) beside the old
-ones and swaps them in by rename, copies the model beside the current one and renames it into
-place (a running service never sees half a file or half the code), runs
-devices/install.sh on the device, and reports its self-test: the bundled photo must get the
-label it gets here. Host keys are checked as ssh always does; --accept-new-host-key is the
+ones and swaps them in by rename, copies the model beside the current one, runs
+devices/install.sh on the device with it, and renames it into place only when its self-test
+passed: the model's golden outputs on the device's engine, and the bundled photo getting the
+label it gets here (a running service never sees half a file, half the code, or a model that
+failed). Host keys are checked as ssh always does; --accept-new-host-key is the
 explicit way to trust a device seen for the first time.
 """
 
@@ -100,12 +101,12 @@ class Remote:
         return "tar over ssh"
 
     def copy_model(self, model: Path) -> str:
-        """Upload to a temporary name, check its digest, then rename: atomic on the device's
-        filesystem. A connection cut mid-upload ends `cat` as if the file had ended, so only
-        the digest tells a whole upload from a truncated one."""
+        """Upload beside the current model as models/candidate.SUFFIX: to a temporary name,
+        digest checked, then renamed. A connection cut mid-upload ends `cat` as if the file
+        had ended, so only the digest tells a whole upload from a truncated one."""
         suffix = model.suffix.lower()
         data = model.read_bytes()
-        self.ssh('incoming="$1/models/.incoming$2" final="$1/models/current$2"\n'
+        self.ssh('incoming="$1/models/.incoming$2" final="$1/models/candidate$2"\n'
                  'if cat > "$incoming" && [ "$(sha256sum < "$incoming")" = "$3  -" ]; then\n'
                  '  mv -f -- "$incoming" "$final"\n'
                  'else\n'
@@ -113,7 +114,16 @@ class Remote:
                  '  echo "upload incomplete: the model on the device is unchanged" >&2; exit 1\n'
                  'fi', self.dir, suffix, hashlib.sha256(data).hexdigest(),
                  step="copying the model", data=data)
-        return f"{self.dir}/models/current{suffix}"
+        return f"{self.dir}/models/candidate{suffix}"
+
+    def promote(self, candidate: str) -> str:
+        """The self-tested candidate becomes models/current.SUFFIX, by rename."""
+        current = candidate.replace("/models/candidate", "/models/current")
+        self.ssh('mv -f -- "$1" "$2"', candidate, current, step="switching the model")
+        return current
+
+    def discard(self, candidate: str) -> None:
+        self.ssh('rm -f -- "$1"', candidate, step="removing the refused model")
 
 
 def _text(data) -> str:
@@ -143,17 +153,25 @@ def deploy(args: argparse.Namespace) -> str:
     use_rsync = not args.no_rsync and bool(shutil.which("rsync")) and "rsync" in remote_tools
     print(f"connected to {args.host}; copying code ({'rsync' if use_rsync else 'tar'})")
     remote.copy_code(use_rsync)
-    model_path = remote.copy_model(args.model)
+    candidate = remote.copy_model(args.model)
     labels = metadata.get("labels") if isinstance(metadata.get("labels"), list) else []
     print(display(f"model {args.model.name} ({', '.join(map(str, labels))}, "
-                  f"{metadata.get('quantization')}) -> {args.host}:{model_path}"))
-    install = [f"{args.remote_dir}/devices/install.sh", "--profile", args.profile, "--model",
-               model_path, "--venv", f"{args.remote_dir}/.venv"]
+                  f"{metadata.get('quantization')}) -> {args.host}:{candidate}"))
+    install = [f"{args.remote_dir}/devices/install.sh", "--profile", args.profile,
+               "--venv", f"{args.remote_dir}/.venv"]
     if expect:
         install += ["--expect", expect]
+    try:  # the candidate goes live only once its self-test (golden outputs, photo) passed
+        output = remote.ssh('exec bash "$@"', *install, "--model", candidate, step="install.sh",
+                            stream=True)
+    except DeployError as error:
+        remote.discard(candidate)
+        raise DeployError(f"{error}; the device keeps its previous model") from None
+    current = remote.promote(candidate)
     if args.service:
-        install += ["--service", args.service, "--listen", args.listen]
-    output = remote.ssh('exec bash "$@"', *install, step="install.sh", stream=True)
+        output = remote.ssh('exec bash "$@"', *install, "--model", current, "--service",
+                            args.service, "--listen", args.listen, step="install.sh --service",
+                            stream=True)
     passed = [line for line in output.splitlines() if "self-test passed" in line]
     return passed[-1].split("install: ", 1)[-1] if passed else "installed"
 

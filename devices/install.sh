@@ -8,7 +8,8 @@
 # Detects the architecture and OS, creates a virtual environment holding only what the
 # profile's runtime needs (numpy, Pillow, one engine: ONNX Runtime for an .onnx model, else the
 # profile's TFLite engine; picamera2 comes from apt on Raspberry Pi OS), then classifies the
-# bundled photo with the model as a self-test. Safe to re-run.
+# bundled photo with the model as a self-test, after the golden outputs stored in the model
+# (a device whose engine computes something else refuses the model). Safe to re-run.
 # --model defaults to the shipped plus model (models/plus_int8.tflite) in a clone.
 # --service installs and starts edgeconv-camera.service (classify --camera, lines to the
 # journal) or, with "serve", edgeconv-serve.service (the preview page and HTTP API on
@@ -108,10 +109,19 @@ if [ -n "$model" ]; then
   [ -f "$model" ] || die "model $model not found"
   say "self-test: classifying devices/selftest/cat.jpg with $model"
   errors="$(mktemp)"
+  # --self-test first runs the model's golden inputs (runtime/golden.py) on this engine.
+  status=0
   result="$("$venv/bin/python" "$root/runtime/classify" "$model" "$here/selftest/cat.jpg" \
-            --profile "$profile" --json 2>"$errors")" ||
-    die "self-test could not classify: $(tail -n 1 "$errors" | sed 's/^error: //'; rm -f "$errors")"
+            --self-test --profile "$profile" --json 2>"$errors")" || status=$?
+  last="$(tail -n 1 "$errors" | sed 's/^error: //')"
+  golden="$(grep -m 1 -e '^golden self-test' -e 'carries no golden' "$errors" || true)"
   rm -f "$errors"
+  case "$status:$last" in
+    0:*) ;;
+    *:"golden self-test FAILED"*) die "self-test failed: $last" ;;
+    *) die "self-test could not classify: $last" ;;
+  esac
+  say "${golden:-golden self-test: no answer}"
   label="$(printf '%s' "$result" | "$venv/bin/python" -c 'import json,sys; print(json.loads(sys.stdin.readline())["label"])')"
   if [ -n "$expect" ] && [ "$label" != "$expect" ]; then
     die "self-test failed: got '$label', expected '$expect'"

@@ -148,7 +148,7 @@ def card(model: dict) -> str:
     ]
     if calibration:
         lines.append(f"- int8 calibration: {calibration['images']} images of "
-                     f"`{calibration['name']}`, {calibration['selection']}.")
+                     f"`{calibration_name(calibration)}`, {calibration['selection']}.")
     lines += ["", "Test split, end to end from the JPEGs (`runtime/classify FILE "
               "DIR/test --eval` prints the accuracy; parity against the Keras model):", "",
               markdown_table(
@@ -163,6 +163,11 @@ def card(model: dict) -> str:
               "", "Made by:", "", "```bash", *model["commands"], "```", "",
               f"Limits: {LIMITS}", ""]
     return "\n".join(lines)
+
+
+def calibration_name(calibration: dict) -> str:
+    """"cats_and_dogs_small/train": the set's name, also for cards written before names."""
+    return calibration.get("name") or "/".join(Path(calibration["folder"]).parts[-2:])
 
 
 def write_cards(models: Path, entries: dict[str, dict]) -> None:

@@ -2,7 +2,8 @@
 
 Deploy renames a new model into place. `HotModel.poll()` notices the change (inode, size,
 modification time), loads the new file in a fresh Classifier, checks it (edgeconv metadata,
-the same input size, a finite answer on a blank image) and only then swaps it in; a file that
+the same input size, a finite answer on a blank image, its golden outputs on this engine) and
+only then swaps it in; a file that
 fails is refused with one log line and the old model keeps serving.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from runtime.classifier import Classifier
 from runtime.engines import EngineError
+from runtime.golden import self_test
 from runtime.metadata import ModelFileError
 
 
@@ -80,6 +82,9 @@ class HotModel:
         output = candidate.engine.run(blank)
         if not np.all(np.isfinite(output)):
             raise ValueError("its output on a test image is not finite")
+        check = self_test(candidate.engine, candidate.metadata)  # GoldenError is a ValueError
+        if check is not None and not check.passed:
+            raise ValueError(check.line())
 
 
 def watch(model: HotModel, stop: threading.Event) -> threading.Thread:

@@ -7,6 +7,7 @@ is `pytest -m "not slow and not system"`; CI runs everything.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -159,4 +160,23 @@ def onnx_with_output(source: Path, out: Path, **output) -> Path:
     metadata["output"].update(output)
     entry.value = json.dumps(metadata)
     onnx.save(model, str(out))
+    return out
+
+
+def impostor(model: Path, weights: Path, out: Path) -> Path:
+    """`weights`' network under `model`'s metadata (golden outputs included): a device that
+    runs it computes something other than the export recorded, and must refuse it."""
+    from runtime.metadata import read_metadata
+
+    metadata = read_metadata(model)
+    assert metadata.get("golden"), f"{model} carries no golden outputs"
+    if model.suffix == ".tflite":
+        from export.to_tflite import add_metadata
+
+        out.write_bytes(add_metadata(weights.read_bytes(), json.dumps(metadata).encode()))
+    else:
+        from export.to_onnx import embed_metadata
+
+        out.write_bytes(weights.read_bytes())
+        embed_metadata(out, metadata)
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import sshd
-from conftest import REPO, free_port, run_script
+from conftest import MODELS, REPO, free_port, impostor, run_script
 
 from runtime.classifier import Classifier
 from runtime.metadata import read_metadata
@@ -150,6 +150,15 @@ def test_install_sh_in_a_clean_folder_then_again(exported, tmp_path):
     failed = subprocess.run(command[:-3] + ["--expect", wrong, "--no-apt"],
                             capture_output=True, text=True, timeout=900)
     assert failed.returncode == 1 and "self-test failed" in failed.stderr
+    assert "golden self-test passed on litert" in first.stdout
+
+    # Another network under this model's metadata: its golden outputs refuse it.
+    fake = impostor(model, MODELS / "plus_int8.tflite", tmp_path / "impostor.tflite")
+    refused = subprocess.run(command[:-5] + ["--model", str(fake), "--no-apt"],
+                             capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "install: error: self-test failed: golden self-test FAILED on litert")
 
     unit = tmp_path / "edgeconv-camera.service"
     render = subprocess.run(command + ["--render-unit", str(unit)], capture_output=True,
@@ -279,6 +288,16 @@ def test_an_upload_cut_midway_keeps_the_old_model_and_the_next_deploy_succeeds(s
     assert remote_model.read_bytes() == new.read_bytes()
     assert "self-test passed: cats" in again.stdout
     print(f"\nthe cut deploy printed: {cut.stderr.strip()}")
+
+    # Another network under the plus model's metadata: its golden outputs refuse it there.
+    fake = impostor(old, new, tmp_path / "plus_int8.tflite")
+    refused = deploy(ssh_device, fake)
+    print(f"the impostor's deploy printed: {refused.stderr.strip()}")
+    assert refused.returncode == 1, refused.stdout[-3000:]
+    assert "install: error: self-test failed: golden self-test FAILED on litert" in refused.stdout
+    assert "the device keeps its previous model" in refused.stderr
+    assert remote_model.read_bytes() == new.read_bytes()
+    assert sorted(p.name for p in remote_model.parent.iterdir()) == ["current.tflite"]
 
 
 def test_deploy_to_a_closed_port_fails_with_a_clear_message(exported, tmp_path):

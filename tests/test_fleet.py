@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import sshd
-from conftest import MODELS, REPO, run_script
+from conftest import MODELS, REPO, impostor, run_script
 
 from runtime.classifier import Classifier
 from runtime.profiles import available, load_profile
@@ -273,6 +273,19 @@ def test_a_corrupted_model_is_refused_by_the_first_batch(fleet, fleet_on_plus, t
     assert set(fleet.current().values()) == {sha256(PLUS)}
     for host in fleet.devices:
         assert not list(fleet.models(host).glob("corrupt-*"))
+
+
+@pytest.mark.system
+def test_a_model_whose_golden_outputs_differ_is_refused_by_the_first_batch(fleet, fleet_on_plus,
+                                                                          tmp_path):
+    fleet.bring_to(PLUS)
+    fake = impostor(PLUS, AUGMENTED, tmp_path / "plus_int8.tflite")  # plus's metadata
+    run = fleet.rollout(fake, "-e", "expect=cats")
+    assert run.returncode != 0
+    first, *others = fleet.devices
+    assert run.recap()[first]["failed"] == 1 and not set(others) & set(run.recap())
+    assert "install: error: self-test failed: golden self-test FAILED on litert" in run.output
+    assert set(fleet.current().values()) == {sha256(PLUS)}
 
 
 @pytest.mark.system

@@ -1,10 +1,12 @@
 """int8 within a budget: the per-layer report, the budget search and the golden self-test."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
-from conftest import MODELS, run_script
+from conftest import MODELS, impostor, run_script
 from PIL import Image
 
 from runtime.metadata import read_metadata
@@ -30,12 +32,19 @@ def test_layer_report_ranks_every_layer_worst_first(tiny_run, tmp_path, fmt):
     assert "| 1 |" in report.read_text() and (tmp_path / "layers.png").stat().st_size > 5000
 
 
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_run, tmp_path_factory):
+    """The tiny convnet exported to int8 TFLite and ONNX, golden outputs inside."""
+    out = tmp_path_factory.mktemp("tiny-int8")
+    export(tiny_run, "export/to_tflite.py", "--out", out / "tiny.tflite")
+    export(tiny_run, "export/to_onnx.py", "--out", out / "tiny.onnx")
+    return out
+
+
 @pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
-def test_golden_self_test_passes_here_and_refuses_another_models_weights(tiny_run, shipped,
+def test_golden_self_test_passes_here_and_refuses_another_models_weights(tiny_int8, shipped,
                                                                          tmp_path, suffix):
-    script = "export/to_tflite.py" if suffix == ".tflite" else "export/to_onnx.py"
-    own = tmp_path / f"tiny{suffix}"
-    export(tiny_run, script, "--out", own)
+    own = tiny_int8 / f"tiny{suffix}"
     metadata = read_metadata(own)
     assert len(metadata["golden"]["inputs"]) == 4 and len(json.dumps(metadata["golden"])) < 20000
 
@@ -43,23 +52,28 @@ def test_golden_self_test_passes_here_and_refuses_another_models_weights(tiny_ru
     assert passed.returncode == 0 and "golden self-test passed" in passed.stderr
 
     # The plus model's weights under the tiny model's metadata: the device computes otherwise.
-    impostor = tmp_path / f"impostor{suffix}"
-    if suffix == ".tflite":
-        from export.to_tflite import add_metadata
-
-        impostor.write_bytes(add_metadata((shipped / "plus_int8.tflite").read_bytes(),
-                                          json.dumps(metadata).encode()))
-    else:
-        from export.to_onnx import embed_metadata
-
-        impostor.write_bytes((shipped / "plus_int8.onnx").read_bytes())
-        embed_metadata(impostor, metadata)
-    refused = run_script("runtime/classify", impostor, "--self-test",
+    fake = impostor(own, shipped / f"plus_int8{suffix}", tmp_path / f"impostor{suffix}")
+    refused = run_script("runtime/classify", fake, "--self-test",
                          shipped.parent / "devices/selftest/cat.jpg")
     assert refused.returncode == 1, refused.stderr
     line = refused.stderr.strip().splitlines()[-1]
     assert line.startswith("golden self-test FAILED") and "largest difference" in line
     assert refused.stdout == ""  # nothing classified with a model that computes otherwise
+
+
+def test_hot_swap_refuses_a_model_whose_golden_outputs_differ(tiny_int8, shipped, tmp_path):
+    from runtime.classifier import Classifier
+    from runtime.hotswap import HotModel
+
+    live = tmp_path / "current.tflite"
+    shutil.copy(tiny_int8 / "tiny.tflite", live)
+    logged = []
+    model = HotModel(live, Classifier, log=logged.append)
+    fake = impostor(live, shipped / "plus_int8.tflite", tmp_path / "incoming.tflite")
+    os.replace(fake, live)  # as deploy renames a new model into place
+    assert model.poll(force=True) is False and model.refused == 1 and model.swaps == 0
+    assert "golden self-test FAILED on litert" in logged[-1]
+    assert model.classifier.predict(shipped.parent / "devices/selftest/cat.jpg").label
 
 
 @pytest.mark.slow
