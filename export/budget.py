@@ -46,28 +46,31 @@ class Recipe:
             text += f", {count} layer{'s' if count > 1 else ''} in float"
         return text
 
-    def as_metadata(self, budget: float | None = None) -> dict:
-        """What the model's metadata records (a folder's name, never its path)."""
+    def as_metadata(self, budget: float | None = None, agreement: float | None = None,
+                    photos: str | None = None) -> dict:
+        """What the model's metadata records (a folder's name, never its path); with a
+        budget, the agreement reached on the budget photos."""
         return {"calibration_folder": self.calibration_folder and self.calibration_folder.name,
                 "calibration_images": self.calibration_size, "method": self.method,
-                "float_layers": list(self.float_layers), "budget": budget}
+                "float_layers": list(self.float_layers), "budget": budget,
+                "agreement": agreement, "budget_photos": photos}
 
 
 class Calibrations:
     """The calibration sets an export draws from, each loaded once."""
 
-    def __init__(self, source: Source, given: Path | None, size: int):
-        self.source, self.size = source, size
+    def __init__(self, source: Source, given: Path | None, size: int, method: str = "minmax"):
+        self.source, self.size, self.method = source, size, method
         self.given = given or source.data_split("train")
         self.loaded: dict[tuple[Path | None, int], tuple[np.ndarray, dict]] = {}
 
     def first(self) -> Recipe:
-        return Recipe(self.given, self.size)
+        return Recipe(self.given, self.size, self.method)
 
     def larger(self) -> Recipe:
         """More images, from the run's training split when there is one."""
         return Recipe(self.source.data_split("train") or self.given,
-                      max(self.size, LARGER_CALIBRATION))
+                      max(self.size, LARGER_CALIBRATION), self.method)
 
     def images(self, recipe: Recipe) -> np.ndarray:
         return self.load(recipe)[0]
@@ -81,6 +84,23 @@ class Calibrations:
             self.loaded[key] = calibration_set(self.source, recipe.calibration_folder,
                                                recipe.calibration_size)
         return self.loaded[key]
+
+
+@dataclass
+class Outcome:
+    """What a budget search chose."""
+
+    content: bytes
+    recipe: Recipe
+    attempts: list[Attempt]
+    photos: str  # the budget photos' folder name
+
+    @property
+    def agreement(self) -> float:
+        return next(a.agreement for a in self.attempts if a.recipe == self.recipe)
+
+    def metadata(self, budget: float) -> dict:
+        return self.recipe.as_metadata(budget, self.agreement, self.photos)
 
 
 @dataclass
@@ -148,9 +168,8 @@ class Judge:
 def search(build: Callable[[Recipe], bytes], rank_layers: Callable[[Recipe], list[str]],
            judge: Judge, budget: float, suffix: str, calibrations: Calibrations,
            methods: tuple[str, ...] = ("minmax",), say: Callable[[str], None] | None = None
-           ) -> tuple[bytes, Recipe, list[Attempt]]:
-    """The cheapest export whose agreement reaches `budget`, else the most faithful one;
-    returns its bytes, its recipe and every attempt in order."""
+           ) -> Outcome:
+    """The cheapest export whose agreement reaches `budget`, else the most faithful one."""
     attempts: list[Attempt] = []
     best: tuple[Attempt, bytes] | None = None
 
@@ -167,19 +186,21 @@ def search(build: Callable[[Recipe], bytes], rank_layers: Callable[[Recipe], lis
 
     for recipe in dict.fromkeys([calibrations.first(), calibrations.larger()]):
         if (content := attempt(recipe)) is not None:
-            return content, recipe, attempts
+            return Outcome(content, recipe, attempts, judge.photos.name)
     base = best[0].recipe
-    for method in methods[1:]:
+    for method in (method for method in methods if method != calibrations.method):
         recipe = replace(base, method=method)
         if (content := attempt(recipe)) is not None:
-            return content, recipe, attempts
+            return Outcome(content, recipe, attempts, judge.photos.name)
     ranked = rank_layers(best[0].recipe)
     base = best[0].recipe
     for count in (count for count in FLOAT_LAYER_STEPS if count <= len(ranked)):
         recipe = replace(base, float_layers=tuple(ranked[:count]))
         if (content := attempt(recipe)) is not None:
-            return content, recipe, attempts
-    return best[1], best[0].recipe, attempts
+            return Outcome(content, recipe, attempts, judge.photos.name)
+    (say or stderr_line)(f"budget {100 * budget:.2f}% not met: keeping the most faithful try "
+                         f"({100 * best[0].agreement:.2f}%)")
+    return Outcome(best[1], best[0].recipe, attempts, judge.photos.name)
 
 
 def stderr_line(line: str) -> None:

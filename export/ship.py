@@ -114,7 +114,7 @@ def ship(run_dir: Path, parity_rows: list[dict], models: Path, keras: bool,
                 max_abs_dp=row["max_abs_dp"], flips=len(row["flips"]), passed=row["passed"],
                 source_sha256=metadata["source_model"]["sha256"],
                 labels=metadata["labels"], input=metadata["input"],
-                calibration=metadata["calibration"])
+                calibration=metadata["calibration"], recipe=metadata.get("int8_recipe"))
         files.append(entry)
     return {
         "recipe": recipe, "run": run_dir.name, "seed": metrics["seed"],
@@ -160,9 +160,29 @@ def card(model: dict) -> str:
                     f"{f['max_abs_dp']:.3f}" if "max_abs_dp" in f else "-",
                     {True: "pass", False: "FAIL"}.get(f.get("passed"), "-"),
                     f"`{f['sha256'][:16]}...`"] for f in model["files"]]),
+              *recipe_lines(model["files"]),
               "", "Made by:", "", "```bash", *model["commands"], "```", "",
               f"Limits: {LIMITS}", ""]
     return "\n".join(lines)
+
+
+def recipe_lines(files: list[dict]) -> list[str]:
+    """One line per int8 file made with a recipe: how it was quantized, and its budget."""
+    lines = []
+    for file in files:
+        recipe = file.get("recipe")
+        if not recipe:
+            continue
+        floats = len(recipe["float_layers"])
+        text = (f"- `{file['file']}`: {recipe['calibration_images']} calibration images, "
+                f"{recipe['method']}, " + (f"{floats} layers kept in float" if floats
+                                           else "every layer int8"))
+        if recipe.get("budget"):
+            met = "met" if recipe["agreement"] >= recipe["budget"] else "not met"
+            text += (f"; budget {percent(recipe['budget'])} agreement on "
+                     f"`{recipe['budget_photos']}`: {percent(recipe['agreement'])} ({met})")
+        lines.append(text + ".")
+    return ["", *lines] if lines else []
 
 
 def calibration_name(calibration: dict) -> str:

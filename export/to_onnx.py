@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
 
-from export.budget import Calibrations, Judge, Recipe, search  # noqa: E402
+from export.budget import Calibrations, Judge, Outcome, Recipe, search  # noqa: E402
 from export.cli import exporter_parser, output_path, run_exporter  # noqa: E402
 from export.golden import golden_entry, golden_photos  # noqa: E402
 from export.metadata import build_metadata  # noqa: E402
@@ -98,7 +98,7 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "
 
 
 def within_budget(source: Source, prepared: Path, calibrations: Calibrations, budget: float,
-                  budget_data: Path | None) -> tuple[bytes, Recipe]:
+                  budget_data: Path | None) -> Outcome:
     """The budget search (export/budget.py) over ONNX Runtime's remedies."""
     from export.layers import onnx_layers
 
@@ -114,9 +114,8 @@ def within_budget(source: Source, prepared: Path, calibrations: Calibrations, bu
         return [row["layer"] for row in onnx_layers(prepared, work / "rank.onnx",
                                                     judge.images[::20])]
 
-    content, recipe, _ = search(build, rank, judge, budget, ".onnx", calibrations,
-                                methods=tuple(CALIBRATION_METHODS))
-    return content, recipe
+    return search(build, rank, judge, budget, ".onnx", calibrations,
+                  methods=tuple(CALIBRATION_METHODS))
 
 
 def embed_metadata(path: Path, metadata: dict) -> None:
@@ -134,13 +133,13 @@ def embed_metadata(path: Path, metadata: dict) -> None:
 def export(source: Source, quantize: str = "float32", out: Path | None = None, *,
            calibration: Path | None = None, calibration_size: int = 300,
            opset: int | None = None, budget: float | None = None,
-           budget_data: Path | None = None) -> Path:
+           budget_data: Path | None = None, method: str = "minmax") -> Path:
     """Convert, quantize if asked ("int8"), embed metadata and write atomically."""
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"ONNX quantization {quantize!r}: choose {' or '.join(QUANTIZATIONS)}")
     path = output_path(out, source, "model_int8.onnx" if quantize == "int8"
                        else "model_float.onnx")
-    described = recipe = None
+    described = recipe_metadata = None
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as work:
         float_path = Path(work) / "float.onnx"
         float_onnx(source, float_path, opset)
@@ -148,14 +147,15 @@ def export(source: Source, quantize: str = "float32", out: Path | None = None, *
         if quantize == "int8":
             result = Path(work) / "int8.onnx"
             prepared = prepare(float_path, Path(work) / "prepared.onnx")
-            calibrations = Calibrations(source, calibration, calibration_size)
+            calibrations = Calibrations(source, calibration, calibration_size, method)
             recipe = calibrations.first()
             if budget is None:
                 quantize_int8(prepared, result, calibrations.images(recipe), recipe)
+                recipe_metadata = recipe.as_metadata()
             else:
-                content, recipe = within_budget(source, prepared, calibrations, budget,
-                                                budget_data)
-                result.write_bytes(content)
+                outcome = within_budget(source, prepared, calibrations, budget, budget_data)
+                result.write_bytes(outcome.content)
+                recipe, recipe_metadata = outcome.recipe, outcome.metadata(budget)
             images, described = calibrations.load(recipe)
         else:
             images = golden_photos(source, calibration)
@@ -164,7 +164,7 @@ def export(source: Source, quantize: str = "float32", out: Path | None = None, *
         metadata = build_metadata(source, fmt="onnx", quantization=quantize,
                                   input_dtype="float32", input_quantization=None,
                                   calibration=described,
-                                  recipe=recipe and recipe.as_metadata(budget), golden=golden)
+                                  recipe=recipe_metadata, golden=golden)
         embed_metadata(result, metadata)
         with atomic_path(path) as tmp:
             tmp.write_bytes(result.read_bytes())
@@ -177,8 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         "beside the model, model_float.onnx or model_int8.onnx", QUANTIZATIONS,
         "float32 (default) or static int8 quantization (QDQ)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the converter's)")
+    parser.add_argument("--calibration-method", choices=tuple(CALIBRATION_METHODS),
+                        default="minmax", help="int8: how activation ranges are chosen from "
+                        "the calibration images (default: %(default)s; percentile clips "
+                        "outliers)")
     args = parser.parse_args(argv)
-    return run_exporter(args, export, args.quantize, opset=args.opset)
+    return run_exporter(args, export, args.quantize, opset=args.opset,
+                        method=args.calibration_method)
 
 
 if __name__ == "__main__":

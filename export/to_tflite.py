@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
 
-from export.budget import Calibrations, Judge, Recipe, search  # noqa: E402
+from export.budget import Calibrations, Judge, Outcome, Recipe, search  # noqa: E402
 from export.cli import exporter_parser, output_path, run_exporter  # noqa: E402
 from export.golden import golden_entry, golden_photos  # noqa: E402
 from export.metadata import build_metadata  # noqa: E402
@@ -91,15 +91,17 @@ def convert(source: Source, quantize: str, io_type: str, calibration: Path | Non
     model = source.convertible_model  # imports Keras, and TensorFlow with it, quietly
     import tensorflow as tf
 
-    described = recipe = None
+    described = recipe_metadata = None
     if quantize == "int8":
         calibrations = Calibrations(source, calibration, calibration_size)
         recipe = calibrations.first()
         if budget is None:
             flatbuffer = int8_flatbuffer(source, calibrations.images(recipe), io_type, recipe)
+            recipe_metadata = recipe.as_metadata()
         else:
-            flatbuffer, recipe = within_budget(source, calibrations, io_type, budget,
-                                               budget_data)
+            outcome = within_budget(source, calibrations, io_type, budget, budget_data)
+            flatbuffer, recipe = outcome.content, outcome.recipe
+            recipe_metadata = outcome.metadata(budget)
         images, described = calibrations.load(recipe)
     else:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -117,12 +119,12 @@ def convert(source: Source, quantize: str, io_type: str, calibration: Path | Non
         source, fmt="tflite", quantization=quantize,
         input_dtype=np.dtype(input_detail["dtype"]).name,
         input_quantization=list(map(float, quantization)) if quantization[0] else None,
-        calibration=described, recipe=recipe and recipe.as_metadata(budget), golden=golden)
+        calibration=described, recipe=recipe_metadata, golden=golden)
     return add_metadata(flatbuffer, json.dumps(metadata).encode()), metadata
 
 
 def within_budget(source: Source, calibrations: Calibrations, io_type: str, budget: float,
-                  budget_data: Path | None) -> tuple[bytes, Recipe]:
+                  budget_data: Path | None) -> Outcome:
     """The budget search (export/budget.py) over TFLite's remedies."""
     from export.layers import tflite_layers
 
@@ -137,8 +139,7 @@ def within_budget(source: Source, calibrations: Calibrations, io_type: str, budg
             rows = tflite_layers(converter, judge.images[::20])
         return [row["layer"] for row in rows]
 
-    flatbuffer, recipe, _ = search(build, rank, judge, budget, ".tflite", calibrations)
-    return flatbuffer, recipe
+    return search(build, rank, judge, budget, ".tflite", calibrations)
 
 
 def add_metadata(flatbuffer: bytes, payload: bytes) -> bytes:

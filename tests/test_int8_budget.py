@@ -103,6 +103,8 @@ def test_damaged_calibration_fails_the_budget_and_the_search_repairs_it(real_dat
     assert "1000 calibration images of train" in tries[-1]
     assert float(tries[-1].split("agreement")[1].split("%")[0]) >= 95
     recipe = read_metadata(out)["int8_recipe"]
+    assert recipe.pop("agreement") >= 0.95
     assert recipe == {"calibration_folder": "train", "calibration_images": 1000,
-                      "method": "minmax", "float_layers": [], "budget": 0.95}
+                      "method": "minmax", "float_layers": [], "budget": 0.95,
+                      "budget_photos": "budget"}
     assert read_metadata(out)["calibration"]["images"] == 1000
