@@ -21,10 +21,11 @@ from runtime.preprocess import ImageError, ImageSource, load_image
 
 @dataclass
 class Prediction:
-    label: str
+    label: str  # a class, or "unsure" when its score is under the min score
     score: float
     scores: dict[str, float] = field(default_factory=dict)
     ms: float = 0.0
+    guess: str = ""  # the class, even when the label is "unsure" (not in as_dict)
 
     def as_dict(self) -> dict:
         """The fields of a `--json` line (and of the server's answers)."""
@@ -33,7 +34,8 @@ class Prediction:
 
 
 class Classifier:
-    """`Classifier("model_int8.tflite").predict("cat.jpg")` -> Prediction(label="cats", ...).
+    """`Classifier("model_int8.tflite").predict("photo.jpg")` -> Prediction(label=..., ...),
+    the label being one of the model's classes.
 
     Labels, input size and threshold come from the model's own metadata. Below `min_score`
     (default: the metadata's `output.min_score`, else 0) the label is "unsure"; the scores
@@ -138,4 +140,5 @@ class Classifier:
         label = self.labels[int(evaluate.decide(np.reshape(output, (1, -1)), self.threshold)[0])]
         scores = evaluate.scores_of(output, self.labels)
         score = scores[label]
-        return Prediction(evaluate.UNSURE if score < self.min_score else label, score, scores, ms)
+        return Prediction(evaluate.UNSURE if score < self.min_score else label, score, scores, ms,
+                          guess=label)
