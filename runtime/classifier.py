@@ -62,7 +62,10 @@ class Classifier:
                                  "or more")
         self.size: tuple[int, int] = (shape[1], shape[2])
         try:
-            self.threshold = float(output.get("threshold") or 0.5)
+            # A sigmoid's P(class 1) cut; a softmax head has none (metadata null): argmax.
+            threshold = output.get("threshold")
+            self.threshold: float | None = float(threshold) if threshold is not None else (
+                0.5 if len(self.labels) == 2 else None)
             self.min_score = float(min_score if min_score is not None
                                    else output.get("min_score") or 0.0)
         except (TypeError, ValueError):

@@ -16,12 +16,13 @@ from runtime.tables import markdown_table, percent
 UNSURE = "unsure"
 
 
-def decide(outputs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def decide(outputs: np.ndarray, threshold: float | None = 0.5) -> np.ndarray:
     """Class indices for model outputs: P(class 1) of a sigmoid head ([N] or [N, 1]) against
-    `threshold`, or the argmax of softmax rows [N, k]."""
+    `threshold` (None: 0.5), or the argmax of softmax rows [N, k], which takes none."""
     outputs = np.asarray(outputs)
     if outputs.ndim == 1 or outputs.shape[-1] == 1:
-        return (outputs.reshape(len(outputs)) >= threshold).astype(np.int32)
+        cut = 0.5 if threshold is None else threshold
+        return (outputs.reshape(len(outputs)) >= cut).astype(np.int32)
     return outputs.argmax(axis=-1).astype(np.int32)
 
 
