@@ -1,8 +1,9 @@
 """Your own photos, end to end: class folders of real photos (five classes) to a shipped model.
 
-prepare_data splits the folders, a short run trains, the int8 TFLite and ONNX files are
-exported, ship.py checks their parity and writes a card, classify --eval reports coverage,
-serve answers: all in the words of the photos' own classes, with no cat or dog anywhere.
+prepare_data splits the folders, a short run trains (stopped, then ended early with its best
+epoch), ship.py exports the int8 TFLite and ONNX files, checks their parity and writes a
+card, classify --eval reports coverage, serve answers: all in the words of the photos' own
+classes, with no cat or dog anywhere.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 
 import pytest
 from conftest import run_script
@@ -46,26 +48,37 @@ def test_class_folders_to_a_shipped_model_in_their_own_words(class_folders, prep
                for counts in summary["classes"].values())
     assert f"{len(classes)} classes" in prepare.stdout
 
+    # A run stopped after its first epoch, then ended early by lowering --epochs on --resume.
     run = tmp_path / "run"
-    train = run_script("train/run.py", "--data", data, "--recipe", "baseline", "--epochs", "3",
-                       "--out", run)
+    first = start_and_wait_for_first_epoch(["--data", data, "--recipe", "baseline", "--epochs",
+                                            "8", "--out", run])
+    first.send_signal(signal.SIGINT)
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130 and "expected: about" in stdout, stderr[-3000:]
+    stopped = subprocess.CompletedProcess(first.args, 130, stdout, stderr)
+    done = json.loads((run / "state.json").read_text())["epoch"]
+    train = run_script("train/run.py", "--out", run, "--resume", "--epochs", "3")
     assert train.returncode == 0, train.stderr[-3000:]
-    assert "expected: about" in train.stdout
+    epochs = max(3, done)
+    assert f"ending early: at epoch {epochs} of 8" in train.stdout
+    scores = json.loads((run / "history.json").read_text())["val_accuracy"]
+    best = scores.index(max(scores)) + 1
     metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == epochs == len(scores)
+    assert metrics["ended_early"] == {"planned_epochs": 8, "weights_of_epoch": best}
+    assert metrics["val_accuracy"] == pytest.approx(scores[best - 1])  # the best epoch's
+    assert not list(run.glob("checkpoint-*.keras"))
     assert metrics["classes"] == classes
     assert metrics["counts"]["test"] == [8] * len(classes)
     assert metrics["data_sha256"] == summary["data_sha256"]  # every photo used: the same
 
-    export = run_script("export/all.py", run, "--formats", "TFLite int8,ONNX int8")
-    assert export.returncode == 0, export.stdout + export.stderr[-3000:]
+    models = tmp_path / "models"  # ship.py exports int8 TFLite + ONNX, checks parity, ships
+    ship = run_script("export/ship.py", run, "--models", models)
     artifacts = [run / "model_int8.tflite", run / "model_int8.onnx"]
     for path in artifacts:
         metadata = read_metadata(path)
         assert metadata["labels"] == classes
         assert metadata["output"] == {"activation": "softmax", "threshold": None}
-
-    models = tmp_path / "models"  # ship.py checks parity (RUN/parity.json), then ships
-    ship = run_script("export/ship.py", run, "--models", models)
     rows = json.loads((run / "parity.json").read_text())["artifacts"]
     assert [row["artifact"] for row in rows] == [path.name for path in artifacts]
     assert all(row["threshold"] is None and row["images"] == 8 * len(classes) for row in rows)
@@ -79,6 +92,7 @@ def test_class_folders_to_a_shipped_model_in_their_own_words(class_folders, prep
     assert f"Classes ({len(classes)}): " + ", ".join(f"`{name}`" for name in classes) in card
     assert f"`{data.name}`, SHA-256 `{summary['data_sha256']}`" in card
     assert f"it knows {len(classes)} classes only" in card
+    assert f"Ended early at epoch {epochs} of 8, with the weights of epoch {best}" in card
     for name in classes:
         assert f"{name} 24 / 8 / 8" in card
 
@@ -111,30 +125,5 @@ def test_class_folders_to_a_shipped_model_in_their_own_words(class_folders, prep
         log = server.stop()
 
     everything = "\n".join([card, page.decode(), json.dumps(info), log, messages(
-        prepare, train, export, ship, classify)])
+        prepare, stopped, train, ship, classify)])
     assert PETS.search(everything) is None, PETS.search(everything)
-
-
-@pytest.mark.slow
-def test_lowering_epochs_on_resume_ends_the_run_with_its_best_epoch(prepared, tmp_path):
-    data, _ = prepared
-    out = tmp_path / "early"
-    process = start_and_wait_for_first_epoch(["--data", data, "--limit", "4", "--epochs", "8",
-                                              "--batch-size", "10", "--out", out])
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=120)
-    assert process.returncode == 130
-    done = json.loads((out / "state.json").read_text())["epoch"]
-    assert 1 <= done < 8
-
-    ended = run_script("train/run.py", "--out", out, "--resume", "--epochs", "1")
-    assert ended.returncode == 0, ended.stderr[-3000:]
-    assert f"ending early: at epoch {done} of 8" in ended.stdout
-    history = json.loads((out / "history.json").read_text())
-    scores = history["val_accuracy"]
-    best = scores.index(max(scores)) + 1
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs"] == done == len(scores)
-    assert metrics["ended_early"] == {"planned_epochs": 8, "weights_of_epoch": best}
-    assert metrics["val_accuracy"] == pytest.approx(scores[best - 1])
-    assert not list(out.glob("checkpoint-*.keras"))
