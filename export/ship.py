@@ -88,7 +88,14 @@ def commands(run_dir: Path, models: Path) -> list[str]:
         train += f" --epochs {run['epochs']}"
     if run.get("limit"):
         train += f" --limit {run['limit']}"
-    return [train, f"python export/ship.py {run_dir} --models {models}"]
+    made = [train, f"python export/ship.py {run_dir} --models {models}"]
+    prepared = Path(run["data"]) / "prepare.json"
+    split = json.loads(prepared.read_text()) if prepared.is_file() else {}
+    if "seed" in split:  # made from a folder of class folders by train/prepare_data.py
+        made.insert(0, f"python train/prepare_data.py --source {split['source']} --out DIR "
+                    + " ".join(f"--{name} {size}" for name, size in split["sizes"].items())
+                    + f" --seed {split['seed']}")
+    return made
 
 
 def ship_runs(checked: dict[Path, list[dict]], models: Path) -> dict:

@@ -93,6 +93,7 @@ def test_class_folders_to_a_shipped_model_in_their_own_words(class_folders, prep
     assert f"`{data.name}`, SHA-256 `{summary['data_sha256']}`" in card
     assert f"it knows {len(classes)} classes only" in card
     assert f"Ended early at epoch {epochs} of 8, with the weights of epoch {best}" in card
+    assert f"python train/prepare_data.py --source {class_folders} --out DIR --train 24" in card
     for name in classes:
         assert f"{name} 24 / 8 / 8" in card
 

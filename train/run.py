@@ -5,7 +5,8 @@
 
 RUN_DIR receives model.keras (float32, inputs 0..255), history.json, metrics.json and
 curves.png. A checkpoint is written after every epoch: --resume continues a run that was
-interrupted (Ctrl-C, SIGTERM, even SIGKILL) from its last completed epoch.
+interrupted (Ctrl-C, SIGTERM, even SIGKILL) from its last completed epoch, and with a lower
+--epochs ends it early, with the weights of its best epoch. The first steps time the run.
 """
 
 from __future__ import annotations
