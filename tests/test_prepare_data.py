@@ -85,6 +85,7 @@ def test_kaggle_folder_admits_only_good_images_in_index_order(tmp_path):
     assert skipped == {"corrupt or truncated": 2, "empty file": 2, "misnamed": 2,
                        "not an image": 2, "unrecognised name": 1}
     assert "skipped: 2 corrupt or truncated" in result.stdout
+    assert "skipped 1 (unrecognised name): Thumbs.db" in result.stderr
 
 
 def test_petimages_zip_becomes_the_same_layout(tmp_path):

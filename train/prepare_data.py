@@ -78,12 +78,16 @@ def list_source(source: Path) -> Iterator[tuple[str, Reader]]:
 def candidates(source: Path, skipped: Counter) -> dict[str, list[tuple[int, str, Reader]]]:
     """Group recognisable files by class ("cat", "dog"), sorted by image index."""
     found: dict[str, list[tuple[int, str, Reader]]] = {"cat": [], "dog": []}
+    unrecognised = []
     for name, reader in list_source(source):
         match = PETIMAGES_NAME.search(name) or KAGGLE_NAME.search(name)
         if match is None:
-            skipped["unrecognised name"] += 1
+            unrecognised.append(name)
             continue
         found[match.group(1).lower()].append((int(match.group(2)), name, reader))
+    if unrecognised:
+        skipped["unrecognised name"] = len(unrecognised)
+        name_some("unrecognised name", unrecognised)
     for items in found.values():
         items.sort(key=lambda item: item[0])
     return found
@@ -118,6 +122,12 @@ def without_root(names: list[str]) -> list[str]:
     if len(tops) == 1 and all("/" in name for name in names):
         return [name.split("/", 1)[1] for name in names]
     return names
+
+
+def name_some(why: str, names: list[str]) -> None:
+    """One stderr line naming the first few of many files skipped for one reason."""
+    more = f" and {len(names) - EXAMPLES} more" if len(names) > EXAMPLES else ""
+    print(f"skipped {len(names)} ({why}): {', '.join(names[:EXAMPLES])}{more}", file=sys.stderr)
 
 
 def class_of(name: str) -> str | None:
@@ -168,9 +178,7 @@ def read_photos(entries: list[tuple[str, Reader]], skipped: Counter
             seen.setdefault(digest, []).append((label, name))
             readers.setdefault(digest, reader)
     for why, found in examples.items():
-        more = f" and {len(found) - EXAMPLES} more" if len(found) > EXAMPLES else ""
-        print(f"skipped {len(found)} ({why}): {', '.join(found[:EXAMPLES])}{more}",
-              file=sys.stderr)
+        name_some(why, found)
     photos: dict[str, dict[str, str]] = {}
     for digest, copies in seen.items():
         labels = sorted({label for label, _ in copies})
