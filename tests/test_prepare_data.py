@@ -297,3 +297,21 @@ def test_split_sizes_add_up(sizes, photos):
     assert len({key for keys in chosen.values() for key in keys}) == sum(counts.values())
     shuffled = assign({"a": [f"{n:04d}" for n in reversed(range(photos))]}, sizes, seed=3)
     assert shuffled["a"] == chosen  # the order photos are listed in does not matter
+
+
+def test_a_zipped_folder_of_label_n_files_splits_by_label(tmp_path):
+    archive = tmp_path / "fruit.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for index, label in enumerate(("apple", "kiwi")):
+            for number in range(1, 7):
+                zipped.writestr(f"fruit/{label}.{number}.jpg", jpeg((90 * index, 9 * number, 0)))
+        zipped.writestr("fruit/notes.2024.txt", b"not a photo")
+    out = tmp_path / "small"
+    result = run_script("train/prepare_data.py", "--source", archive, "--out", out,
+                        "--train", "4", "--validation", "1", "--test", "1")
+    assert result.returncode == 0, result.stderr
+    layout = own_layout(out)
+    assert {name: len(files) for name, files in layout["train"].items()} == {"apple": 4,
+                                                                             "kiwi": 4}
+    assert all(name.startswith("kiwi.") for name in layout["test"]["kiwi"])
+    assert "fruit/notes.2024.txt" in result.stderr

@@ -130,11 +130,12 @@ def name_some(why: str, names: list[str]) -> None:
     print(f"skipped {len(names)} ({why}): {', '.join(names[:EXAMPLES])}{more}", file=sys.stderr)
 
 
-def class_of(name: str) -> str | None:
-    """cardboard/IMG_1.jpg -> cardboard; glass.12.jpg -> glass; None for anything else."""
+def class_of(name: str, flat: bool) -> str | None:
+    """cardboard/IMG_1.jpg -> cardboard; in a `flat` folder (no class folders) glass.12.jpg
+    -> glass; None for anything else."""
     if "/" in name:
         return name.split("/", 1)[0]
-    match = LABEL_NAME.match(name)
+    match = LABEL_NAME.match(name) if flat else None
     return match.group(1) if match else None
 
 
@@ -156,10 +157,11 @@ def read_photos(entries: list[tuple[str, Reader]], skipped: Counter
 
     seen: dict[str, list[tuple[str, str]]] = {}
     readers: dict[str, Reader] = {}
-    names = [name for name, _ in entries]
-    for (name, reader), relative in progress(list(zip(entries, without_root(names))),
-                                             len(entries), "check", "files"):
-        label = class_of(relative)
+    relatives = without_root([name for name, _ in entries])
+    flat = all("/" not in relative for relative in relatives)
+    for (name, reader), relative in progress(list(zip(entries, relatives)), len(entries),
+                                             "check", "files"):
+        label = class_of(relative, flat)
         if any(part.startswith(".") or part == "__MACOSX" for part in relative.split("/")):
             skip("hidden file", name)
         elif label is None:
