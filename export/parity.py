@@ -5,8 +5,9 @@
 
 Both sides start from the same image files under DIR (class folders): the reference through
 the training pipeline in Keras, each artifact through runtime/ exactly as a device runs it,
-with the threshold stored in its metadata. Per artifact: accuracies, label agreement, max and
-mean |p_ref - p_art|, the files whose label flips, and a scatter plot of p_ref against p_art.
+with the threshold stored in its metadata (a sigmoid's; a softmax's label is its top class).
+Per artifact: accuracies, label agreement, max and mean |p_ref - p_art|, the files whose
+label flips, and a scatter plot of p_ref against p_art.
 Exit 0 only when every artifact passes its gate (1 when one fails, 2 for usage errors).
 """
 
@@ -68,7 +69,7 @@ class Parity:
     skipped: list[str]
     rows: list[dict]
 
-    def reference_accuracy(self, threshold: float = 0.5) -> float | None:
+    def reference_accuracy(self, threshold: float | None = 0.5) -> float | None:
         known = (self.truth >= 0) & ~np.isnan(self.reference).any(axis=1)
         return accuracy(self.truth[known], decide(self.reference[known], threshold))
 
@@ -188,7 +189,7 @@ def table(rows: list[dict]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="export/parity.py", description=__doc__.split(
         "\n\n")[0].strip(), epilog="Example: python export/parity.py --reference "
-        "runs/augmented/model.keras --data data/cats_and_dogs_small/test runs/augmented/*.tflite")
+        "runs/photos/model.keras --data data/photos/test runs/photos/*.tflite runs/photos/*.onnx")
     parser.add_argument("artifacts", nargs="+", type=Path, help=".tflite / .onnx files")
     parser.add_argument("--reference", type=Path, required=True, help="the Keras model")
     parser.add_argument("--data", type=Path, required=True, help="folder of class folders")

@@ -4,9 +4,10 @@
   python export/ship.py RUN_DIR [RUN_DIR ...] [--models models/] [--data DIR/test]
 
 Exports each run's int8 TFLite and ONNX files if missing, checks their parity against the
-run's Keras model on its test split, copies them to models/<recipe>_int8.tflite|onnx (and
-models/plus.keras for the plus recipe), and writes models/models.json (every figure, full
-SHA-256 sums) and models/README.md (a card per model, written from that JSON).
+run's Keras model on its test split (a file failing its gate stops the shipping), copies
+them to models/<recipe>_int8.tflite|onnx (and models/plus.keras for the plus recipe), and
+writes models/models.json (every figure, full SHA-256 sums) and models/README.md (a card
+per model, written from that JSON; classes, photo counts and data digest from the run).
 """
 
 from __future__ import annotations
@@ -29,11 +30,30 @@ from runtime.tables import markdown_table, percent  # noqa: E402
 from train.recipes import RECIPES  # noqa: E402
 
 INDEX = "models.json"
-LIMITS = ("it knows two classes only: it calls every image a cat or a dog, a car or a face "
-          "included; `runtime/classify --min-score S` answers `unsure` below a score S "
-          "instead. Trained on 2,000 photos of Kaggle's Dogs vs. Cats: pets photographed by "
-          "their owners, mostly one animal, centred; other views (a camera on a shelf at "
-          "night, a crowd of animals) are out of what it has seen.")
+PETS_LIMITS = ("it knows two classes only: it calls every image a cat or a dog, a car or a "
+               "face included; `runtime/classify --min-score S` answers `unsure` below a score "
+               "S instead. Trained on 2,000 photos of Kaggle's Dogs vs. Cats: pets photographed "
+               "by their owners, mostly one animal, centred; other views (a camera on a shelf "
+               "at night, a crowd of animals) are out of what it has seen.")
+
+
+def limits(model: dict) -> str:
+    """What the model cannot do, in the words of its own classes and data."""
+    classes = model_classes(model)
+    if classes == ["cats", "dogs"]:
+        return PETS_LIMITS
+    return (f"it knows {len(classes)} classes only: it calls every image one of "
+            f"{', '.join(classes)}, whatever the image shows; `runtime/classify --min-score S` "
+            "answers `unsure` when the top score is under S instead (`--eval` on labelled "
+            "photos prints what each S costs). Trained on "
+            f"{model['train_images']:,} photos of `{Path(model['data']).name}`: photos unlike "
+            "those (other light, backgrounds, distances, cameras) are out of what it has seen.")
+
+
+def model_classes(model: dict) -> list[str]:
+    """The classes a card speaks of: the run's own, else those its files carry."""
+    return model.get("classes") or next(
+        (f["labels"] for f in model["files"] if "labels" in f), [])
 
 
 def sha256(path: Path) -> str:
@@ -73,7 +93,14 @@ def commands(run_dir: Path, models: Path, budget: float | None = None) -> list[s
     if run.get("limit"):
         train += f" --limit {run['limit']}"
     ship = f"python export/ship.py {run_dir} --models {models}"
-    return [train, ship + (f" --budget {budget}" if budget else "")]
+    made = [train, ship + (f" --budget {budget}" if budget else "")]
+    prepared = Path(run["data"]) / "prepare.json"
+    split = json.loads(prepared.read_text()) if prepared.is_file() else {}
+    if "seed" in split:  # made from a folder of class folders by train/prepare_data.py
+        made.insert(0, f"python train/prepare_data.py --source {split['source']} --out DIR "
+                    + " ".join(f"--{name} {size}" for name, size in split["sizes"].items())
+                    + f" --seed {split['seed']}")
+    return made
 
 
 def ship_runs(checked: dict[Path, list[dict]], models: Path, budget: float | None = None
@@ -119,6 +146,8 @@ def ship(run_dir: Path, parity_rows: list[dict], models: Path, keras: bool,
     return {
         "recipe": recipe, "run": run_dir.name, "seed": metrics["seed"],
         "epochs": metrics["epochs"], "data": metrics["data"],
+        "data_sha256": metrics.get("data_sha256"), "classes": metrics["classes"],
+        "counts": metrics.get("counts"), "ended_early": metrics.get("ended_early"),
         "train_images": metrics["train_images"], "params": metrics["params"],
         "macs_per_image": metrics["macs_per_image"],
         "keras_sha256": sha256(run_dir / "model.keras"),
@@ -127,7 +156,7 @@ def ship(run_dir: Path, parity_rows: list[dict], models: Path, keras: bool,
         "machine": f"{metrics['cpu']} ({metrics['cores']} cores, {metrics.get('device', '')})",
         "backend": f"{metrics['backend']} {metrics.get('backend_version', '')}, "
                    f"Keras {metrics['keras_version']}",
-        "commands": commands, "files": files,
+        "commands": with_exports(commands, run_dir, files), "files": files,
     }
 
 
@@ -135,12 +164,29 @@ def card(model: dict) -> str:
     """One model's card, in Markdown."""
     int8 = [f for f in model["files"] if "test_accuracy" in f]
     calibration = int8[0]["calibration"] if int8 else None
+    classes = model_classes(model)
     lines = [
         f"## {model['recipe']} (`{model['run']}`)", "",
         f"Recipe `{model['recipe']}`, seed {model['seed']}, {model['epochs']} epochs on "
         f"{model['train_images']:,} training photos (`{Path(model['data']).name}`); "
         f"{model['params']:,} parameters, {model['macs_per_image'] / 1e6:.0f} M "
         "multiply-accumulates per image.", "",
+        f"- Classes ({len(classes)}): {', '.join(f'`{name}`' for name in classes)}.",
+    ]
+    if model.get("counts"):
+        splits = model["counts"]
+        lines.append("- Photos per class, " + " / ".join(splits) + ": " + "; ".join(
+            f"{name} " + " / ".join(str(splits[split][i]) for split in splits)
+            for i, name in enumerate(classes)) + ".")
+    if model.get("data_sha256"):
+        lines.append(f"- Data `{Path(model['data']).name}`, SHA-256 `{model['data_sha256']}` "
+                     "(of the photos' paths and sums; train/prepare_data.py's `prepare.json` "
+                     "holds the same when the run used every photo).")
+    if model.get("ended_early"):
+        early = model["ended_early"]
+        lines.append(f"- Ended early at epoch {model['epochs']} of {early['planned_epochs']}, "
+                     f"with the weights of epoch {early['weights_of_epoch']}.")
+    lines += [
         f"- Keras model (float32): validation accuracy {percent(model['val_accuracy'])}, test "
         f"{percent(model['test_accuracy'])}; SHA-256 `{model['keras_sha256']}`.",
         f"- Trained in {model['train_seconds'] / 60:.0f} minutes ({model['precision']}) on "
@@ -162,8 +208,21 @@ def card(model: dict) -> str:
                     f"`{f['sha256'][:16]}...`"] for f in model["files"]]),
               *recipe_lines(model["files"]),
               "", "Made by:", "", "```bash", *model["commands"], "```", "",
-              f"Limits: {LIMITS}", ""]
+              f"Limits: {limits(model)}", ""]
     return "\n".join(lines)
+
+
+def with_exports(commands: list[str], run_dir: Path, files: list[dict]) -> list[str]:
+    """The commands, with an export line before the ship line for each int8 file whose
+    recipe ship.py alone would not choose (another calibration method, no budget)."""
+    exports = []
+    for file in files:
+        recipe = file.get("recipe") or {}
+        if recipe.get("method", "minmax") != "minmax" and not recipe.get("budget"):
+            script = "to_onnx" if file["file"].endswith(".onnx") else "to_tflite"
+            exports.append(f"python export/{script}.py {run_dir} --quantize int8 "
+                           f"--calibration-method {recipe['method']}")
+    return [*commands[:-1], *exports, commands[-1]]
 
 
 def recipe_lines(files: list[dict]) -> list[str]:
@@ -197,9 +256,9 @@ def write_cards(models: Path, entries: dict[str, dict]) -> None:
     index.update(entries)
     write_json(index_file, index)
     text = ["# Shipped models", "",
-            "Trained and exported by the project's own commands on "
-            "`../shared/datasets/cats_and_dogs_small`, so that a fresh clone classifies and "
-            "deploys without training first. Full SHA-256 sums and every figure below are in "
+            "Trained and exported by edgeconv's own commands; each card names the model's "
+            "classes and the data it learnt them from. Full SHA-256 sums and every figure "
+            "below are in "
             f"[`{INDEX}`]({INDEX}). Each card ends with the commands that made its files; "
             "`export/ship.py` writes this page from that JSON.", "",
             *(card(model) for model in index.values())]
@@ -220,13 +279,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=agreement_share, metavar="AGREEMENT",
                         help="export missing int8 files within this agreement with Keras on "
                         "the run's validation split (export/to_tflite.py --budget)")
+    parser.add_argument("--ship-failed", action="store_true", help="ship files that fail "
+                        "their parity gate too (their cards say FAIL)")
     args = parser.parse_args(argv)
     try:
         for run_dir in args.run_dirs:
             if not (run_dir / "metrics.json").exists():
                 raise ExportError(f"{run_dir}: not a finished run (no metrics.json)")
-        entries = ship_runs({run_dir: export_and_check(run_dir, args.data, args.budget)
-                             for run_dir in args.run_dirs}, args.models, args.budget)
+        checked = {run_dir: export_and_check(run_dir, args.data, args.budget)
+                   for run_dir in args.run_dirs}
+        failed = [f"{run_dir / row['artifact']} ({'; '.join(row['failures'])})"
+                  for run_dir, rows in checked.items() for row in rows if not row["passed"]]
+        if failed and not args.ship_failed:
+            print(f"error: {', '.join(failed)}: fails its parity gate against the Keras model; "
+                  "nothing shipped (--ship-failed ships it anyway)", file=sys.stderr)
+            return 1
+        entries = ship_runs(checked, args.models, args.budget)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -22,10 +22,11 @@ from runtime.text import display
 
 @dataclass
 class Prediction:
-    label: str
+    label: str  # a class, or "unsure" when its score is under the min score
     score: float
     scores: dict[str, float] = field(default_factory=dict)
     ms: float = 0.0
+    guess: str = ""  # the class, even when the label is "unsure" (not in as_dict)
 
     def as_dict(self) -> dict:
         """The fields of a `--json` line (and of the server's answers)."""
@@ -34,7 +35,8 @@ class Prediction:
 
 
 class Classifier:
-    """`Classifier("model_int8.tflite").predict("cat.jpg")` -> Prediction(label="cats", ...).
+    """`Classifier("model_int8.tflite").predict("photo.jpg")` -> Prediction(label=..., ...),
+    the label being one of the model's classes.
 
     Labels, input size and threshold come from the model's own metadata. Below `min_score`
     (default: the metadata's `output.min_score`, else 0) the label is "unsure"; the scores
@@ -64,7 +66,10 @@ class Classifier:
                                  "or more")
         self.size: tuple[int, int] = (shape[1], shape[2])
         try:
-            self.threshold = float(output.get("threshold") or 0.5)
+            # A sigmoid's P(class 1) cut; a softmax head has none (metadata null): argmax.
+            threshold = output.get("threshold")
+            self.threshold: float | None = float(threshold) if threshold is not None else (
+                0.5 if len(self.labels) == 2 else None)
             self.min_score = float(min_score if min_score is not None
                                    else output.get("min_score") or 0.0)
         except (TypeError, ValueError):
@@ -142,4 +147,5 @@ class Classifier:
         label = self.labels[int(evaluate.decide(np.reshape(output, (1, -1)), self.threshold)[0])]
         scores = evaluate.scores_of(output, self.labels)
         score = scores[label]
-        return Prediction(evaluate.UNSURE if score < self.min_score else label, score, scores, ms)
+        return Prediction(evaluate.UNSURE if score < self.min_score else label, score, scores, ms,
+                          guess=label)

@@ -11,16 +11,18 @@ from pathlib import Path
 import numpy as np
 
 from runtime.preprocess import list_images
+from runtime.tables import markdown_table, percent
 
 UNSURE = "unsure"
 
 
-def decide(outputs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def decide(outputs: np.ndarray, threshold: float | None = 0.5) -> np.ndarray:
     """Class indices for model outputs: P(class 1) of a sigmoid head ([N] or [N, 1]) against
-    `threshold`, or the argmax of softmax rows [N, k]."""
+    `threshold` (None: 0.5), or the argmax of softmax rows [N, k], which takes none."""
     outputs = np.asarray(outputs)
     if outputs.ndim == 1 or outputs.shape[-1] == 1:
-        return (outputs.reshape(len(outputs)) >= threshold).astype(np.int32)
+        cut = 0.5 if threshold is None else threshold
+        return (outputs.reshape(len(outputs)) >= cut).astype(np.int32)
     return outputs.argmax(axis=-1).astype(np.int32)
 
 
@@ -44,6 +46,29 @@ def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int
     matrix = np.zeros((num_classes, num_classes), dtype=int)
     np.add.at(matrix, (np.asarray(truth, int), np.asarray(predicted, int)), 1)
     return matrix.tolist()
+
+
+def answered(truth: np.ndarray, guessed: np.ndarray, scores: np.ndarray, min_score: float
+             ) -> tuple[float, float | None]:
+    """(coverage, accuracy on the answered) when a guess whose score is under `min_score` is
+    "unsure": the share of photos answered, and the share of those answered right."""
+    truth, guessed, scores = np.asarray(truth), np.asarray(guessed), np.asarray(scores)
+    sure = scores >= min_score
+    return float(sure.mean()), accuracy(truth[sure], guessed[sure])
+
+
+def min_score_table(truth: np.ndarray, guessed: np.ndarray, scores: np.ndarray,
+                    classes: int, also: float = 0.0) -> str:
+    """Coverage and accuracy on the answered photos at a few min scores, to choose one.
+
+    The top score is never under 1/classes (0.5 for two), so only thresholds above that cut.
+    """
+    steps = [0.0, *(s for s in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95) if s > 1 / classes)]
+    rows = []
+    for min_score in sorted({*steps, round(also, 4)}):
+        coverage, right = answered(truth, guessed, scores, min_score)
+        rows.append([f"{min_score:.2f}", percent(coverage), percent(right)])
+    return markdown_table(["--min-score", "answered", "accuracy on answered"], rows)
 
 
 def confusion_text(labels: list[str], matrix: list[list[int]]) -> str:

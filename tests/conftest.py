@@ -18,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "cats_and_dogs_small"
+DEFAULT_CLASS_FOLDERS = REPO.parent / "shared" / "datasets" / "recycling"
 MODELS = REPO / "models"
 SLOW_FIXTURES = {"trained_run", "exported", "quick_run"}
 
@@ -41,6 +42,17 @@ def real_data() -> Path:
     data = Path(os.environ.get("EDGECONV_TEST_DATA", DEFAULT_DATA))
     if not (data / "train").is_dir():
         pytest.fail(f"real photos not found at {data}; set EDGECONV_TEST_DATA")
+    return data
+
+
+@pytest.fixture(scope="session")
+def class_folders() -> Path:
+    """Real photos of more than two classes in class folders, with no split (a user's own
+    photos); EDGECONV_TEST_CLASS_FOLDERS points elsewhere. Missing photos fail the test."""
+    data = Path(os.environ.get("EDGECONV_TEST_CLASS_FOLDERS", DEFAULT_CLASS_FOLDERS))
+    if not data.is_dir() or sum(path.is_dir() for path in data.iterdir()) < 3:
+        pytest.fail(f"class folders of real photos not found at {data}; "
+                    "set EDGECONV_TEST_CLASS_FOLDERS")
     return data
 
 

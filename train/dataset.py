@@ -57,8 +57,23 @@ class Dataset:
         return [labels.count(index) for index in range(len(self.classes))]
 
 
+def data_digest(files: dict[str, str]) -> str:
+    """A dataset's fingerprint: SHA-256 of its sorted "split/class/name sha256" lines, from
+    {relative path: SHA-256 of the file}. train/prepare_data.py records it in prepare.json
+    and manifest.csv lists its lines; a run records it for the photos it used."""
+    lines = "".join(f"{name} {digest}\n" for name, digest in sorted(files.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def dataset_digest(dataset: Dataset) -> str:
+    """data_digest of every photo the dataset's splits hold."""
+    return data_digest({path.relative_to(dataset.root).as_posix():
+                        hashlib.sha256(path.read_bytes()).hexdigest()
+                        for entries in dataset.splits.values() for path, _ in entries})
+
+
 def natural_key(path: Path) -> list:
-    """Sort cat.2.jpg before cat.10.jpg."""
+    """Sort photo.2.jpg before photo.10.jpg."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 

@@ -5,7 +5,8 @@
 
 RUN_DIR receives model.keras (float32, inputs 0..255), history.json, metrics.json and
 curves.png. A checkpoint is written after every epoch: --resume continues a run that was
-interrupted (Ctrl-C, SIGTERM, even SIGKILL) from its last completed epoch.
+interrupted (Ctrl-C, SIGTERM, even SIGKILL) from its last completed epoch, and with a lower
+--epochs ends it early, with the weights of its best epoch. The first steps time the run.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Train a convnet (the seed's Conv 32-64-128-128 + Dense 512, or the plus "
         "recipe's residual separable one) on DIR/{train,validation,test}/<class>/<images> and "
         "write model, metrics and curves to RUN_DIR.",
-        epilog="Example: python train/run.py --data data/cats_and_dogs_small "
-        "--recipe augmented --out runs/augmented",
+        epilog="Example: python train/run.py --data data/photos --recipe augmented "
+        "--out runs/photos (train/prepare_data.py --source PHOTOS --out data/photos makes "
+        "DIR from a folder of class folders)",
     )
     parser.add_argument("--data", type=Path, metavar="DIR",
-                        help=f"dataset folder (default: $EDGECONV_DATA, else {DEFAULT_DATA})")
+                        help="dataset folder: DIR/{train,validation,test}/<class>/ (default: "
+                        f"$EDGECONV_DATA, else {DEFAULT_DATA} when it exists)")
     parser.add_argument("--recipe", choices=list(RECIPES),
                         help="; ".join(f"{name}: {recipe.summary}".replace("%", "%%")
                                        for name, recipe in RECIPES.items())
@@ -43,7 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         dest="settings", help="change one recipe setting, e.g. --set "
                         "label_smoothing=0 --set augment=null (values are JSON; for ablations)")
-    parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epoch count; "
+                        "lower with --resume to end a run early, with the weights of its best "
+                        "epoch by validation accuracy")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     parser.add_argument("--seed", type=int, help="random seed (default: 0)")
     parser.add_argument("--limit", type=int, help="at most N images per class per split "
@@ -68,7 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where process 0 listens for the others, e.g. 10.0.0.1:1234")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch, with "
-                        "the data, recipe, settings, seed and epochs it was started with")
+                        "the data, recipe, settings, seed and epochs it was started with "
+                        "(--epochs may lower the epochs)")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2],
                         help="Keras output: 1 progress bar, 2 a line per epoch "
                         "(default: 1 on a terminal, else 2)")

@@ -17,7 +17,7 @@ from pathlib import Path
 from runtime.evaluate import accuracy, confusion_matrix, decide
 from runtime.files import atomic_path, remove_partial_files, write_json
 from train.backend import import_keras
-from train.dataset import DataError, find_dataset, load_split, resolve_data
+from train.dataset import DataError, dataset_digest, find_dataset, load_split, resolve_data
 from train.recipes import RECIPES, with_settings
 
 RUN_FILE = "run.json"
@@ -54,13 +54,20 @@ def train(options: Options) -> int:
         return 0
     print(f"data {config['data']}: classes {dataset.classes}, images per class "
           f"{ {split: dataset.counts(split) for split in dataset.splits} }")
+    early = bool(previous) and config["epochs"] < previous["epochs"]
+    if early and (options.out / "metrics.json").exists():
+        raise DataError(f"{options.out}: the run is finished; --epochs cannot shorten it")
     train_set, validation_set = load_split(dataset, "train"), load_split(dataset, "validation")
     options.out.mkdir(parents=True, exist_ok=True)  # only once the photos are known good
-    write_json(options.out / RUN_FILE, config)
     steps = recipe.steps_per_epoch(len(train_set[0]), config["batch_size"])
     with devices.scope():
         model, state = start_or_resume(options.out, config, recipe, steps,
                                        resumed=bool(previous))
+    if early:  # epochs already trained stay trained
+        config["epochs"] = max(config["epochs"], state["epoch"])
+        print(f"ending early: at epoch {config['epochs']} of {previous['epochs']}, with the "
+              "weights of its best epoch by validation accuracy")
+    write_json(options.out / RUN_FILE, config)
 
     from train import trainer
 
@@ -80,8 +87,14 @@ def train(options: Options) -> int:
               f"{options.out}; continue with: python train/run.py --out {options.out} --resume",
               file=sys.stderr)
         return 130
+    ended_early = None
+    if early and state.get("best"):
+        best = state["best"]
+        with devices.scope():
+            model = keras.saving.load_model(options.out / best["checkpoint"])
+        ended_early = {"planned_epochs": previous["epochs"], "weights_of_epoch": best["epoch"]}
     metrics = finish(options.out, model, state, config, recipe, dataset, validation_set, steps,
-                     devices.count)
+                     devices.count, ended_early)
     print(f"test accuracy {metrics['test_accuracy']:.4f}, validation "
           f"{metrics['val_accuracy']:.4f} | {config['epochs']} epochs in "
           f"{metrics['train_seconds']:.0f} s, {metrics['images_per_second']:.0f} images/s | "
@@ -181,7 +194,8 @@ def start_or_resume(out: Path, config: dict, recipe, steps: int, resumed: bool):
 
 
 def predict_labels(model, images):
-    """Class indices the Keras model gives uint8 images (threshold 0.5, as exports record)."""
+    """Class indices the Keras model gives uint8 images (argmax; a sigmoid at 0.5, as exports
+    record)."""
     import numpy as np
 
     from train.trainer import Batches
@@ -190,7 +204,7 @@ def predict_labels(model, images):
 
 
 def finish(out: Path, model, state: dict, config: dict, recipe, dataset, validation_set,
-           steps: int, devices: int = 1) -> dict:
+           steps: int, devices: int = 1, ended_early: dict | None = None) -> dict:
     """Save the float32 model, score it on validation and test, write metrics and curves."""
     from train import trainer
     from train.environment import environment
@@ -211,6 +225,9 @@ def finish(out: Path, model, state: dict, config: dict, recipe, dataset, validat
         "params": final.count_params(),
         "macs_per_image": count_macs(final),
         "train_images": sum(dataset.counts("train")),
+        "counts": {split: dataset.counts(split) for split in dataset.splits},
+        "data_sha256": dataset_digest(dataset),
+        "ended_early": ended_early,
         "devices": devices,
         "steps_per_epoch": steps,
         "val_accuracy": accuracy(validation_set[1], predict_labels(final, validation_set[0])),
@@ -226,8 +243,10 @@ def finish(out: Path, model, state: dict, config: dict, recipe, dataset, validat
     plot_curves(state["history"], out / "curves.png",
                 f"{recipe.name}: test accuracy {metrics['test_accuracy']:.3f}")
     write_json(out / "metrics.json", metrics)
-    if state.get("checkpoint"):  # the finished model replaces the resumable checkpoint
-        (out / state["checkpoint"]).unlink(missing_ok=True)
-        state["checkpoint"] = None
+    kept = trainer.kept_checkpoints(state)
+    if kept:  # the finished model replaces the resumable checkpoints
+        state["checkpoint"] = state["best"] = None
         write_json(out / trainer.STATE_FILE, state)
+        for name in kept:
+            (out / name).unlink(missing_ok=True)
     return metrics

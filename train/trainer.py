@@ -88,7 +88,8 @@ class Batches(keras.utils.PyDataset):
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """After each epoch: save the training model (with optimizer) and state.json, atomically.
+    """After each epoch: save the training model (with optimizer) and state.json, atomically;
+    keep the best epoch's checkpoint too.
 
     state.json names the checkpoint it belongs to and is replaced after that checkpoint is
     complete, so a run killed at any instant resumes from a whole epoch. The history also
@@ -122,11 +123,61 @@ class Checkpointer(keras.callbacks.Callback):
         except OSError as error:  # Keras's zip writer does not name the file
             error.filename = error.filename or str(self.run_dir / name)
             raise
-        previous = self.state.get("checkpoint")
+        before = {self.state.get("checkpoint"), (self.state.get("best") or {}).get("checkpoint")}
+        score = (logs or {}).get("val_accuracy")
+        best = self.state.get("best")
+        if score is not None and (best is None or float(score) > best["val_accuracy"]):
+            self.state["best"] = {"epoch": epoch + 1, "checkpoint": name,
+                                  "val_accuracy": float(score)}
         self.state.update(epoch=epoch + 1, checkpoint=name)
         write_json(self.run_dir / STATE_FILE, self.state)
-        if previous and previous != name:
-            (self.run_dir / previous).unlink(missing_ok=True)
+        for stale in before - set(kept_checkpoints(self.state)) - {None}:
+            (self.run_dir / stale).unlink(missing_ok=True)
+
+
+def kept_checkpoints(state: dict) -> list[str]:
+    """The checkpoint files a run keeps: its last epoch's, to resume, and its best epoch's
+    (by validation accuracy), to end early with."""
+    names = [state.get("checkpoint"), (state.get("best") or {}).get("checkpoint")]
+    return [name for name in dict.fromkeys(names) if name]
+
+
+class Estimate(keras.callbacks.Callback):
+    """Before a long run goes on: how long it will take, timed on its first steps.
+
+    The first step is left out (it builds and compiles the model); validation is counted as
+    a third of a training step per batch of photos: a forward pass against forward and back.
+    """
+
+    TIMED_STEPS = 5
+
+    def __init__(self, steps: int, epochs: int, batch_size: int, validation_images: int):
+        super().__init__()
+        self.steps, self.epochs, self.batch_size = steps, epochs, batch_size
+        self.validation_images = validation_images
+        self.last = min(self.TIMED_STEPS, steps - 1)  # a one-step epoch is never long
+        self.started, self.done = 0.0, False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.done or self.last < 1:
+            return
+        if batch == 0:
+            self.started = time.monotonic()
+        elif batch == self.last:
+            per_step = (time.monotonic() - self.started) / batch
+            epoch = self.steps * per_step + self.validation_images / self.batch_size / 3 * per_step
+            print(f"\nexpected: about {duration(self.epochs * epoch)} for {self.epochs} "
+                  f"epoch(s), {duration(epoch)} each ({self.batch_size / per_step:.0f} "
+                  "images/s); Ctrl-C keeps every whole epoch, and --resume --epochs N then "
+                  "ends the run early with its best one", flush=True)
+            self.done = True
+
+
+def duration(seconds: float) -> str:
+    """90 -> '1.5 min'; 7200 -> '2.0 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 @keras.saving.register_keras_serializable(package="edgeconv")
@@ -219,7 +270,8 @@ def fit(run_dir: Path, model: keras.Model, state: dict, train: tuple[np.ndarray,
         # from Python's global random state, which a multi-device start draws from too.
         shuffle=False,
         validation_data=Batches(*validation, batch_size=64, multiple=devices, part=part),
-        callbacks=[Checkpointer(run_dir, state)],
+        callbacks=[Checkpointer(run_dir, state),
+                   Estimate(steps, epochs - state["epoch"], batch_size, len(validation[0]))],
         verbose=verbose,
     )
 
