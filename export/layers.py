@@ -125,8 +125,8 @@ def plot(rows: list[dict], path: Path, title: str, worst: int = 15) -> None:
     from train.plots import pyplot, save_figure
 
     shown = [row for row in rows if np.isfinite(row["sqnr_db"])][:worst][::-1]
-    figure, axes = pyplot().subplots(figsize=(7, 0.3 * len(shown) + 1.2))
-    axes.barh([f"{row['op']} {short(row['layer'])}" for row in shown],
+    figure, axes = pyplot().subplots(figsize=(9, 0.3 * len(shown) + 1.2))
+    axes.barh([f"{row['op']} {short(row['layer'], 36)}" for row in shown],
               [row["sqnr_db"] for row in shown], color="tab:red")
     axes.set_xlabel("SQNR, dB (higher is better)")
     axes.set_title(title, fontsize=9)
