@@ -131,7 +131,7 @@ def plot(rows: list[dict], path: Path, title: str, worst: int = 15) -> None:
     axes.set_xlabel("SQNR, dB (higher is better)")
     axes.set_title(title, fontsize=9)
     axes.tick_params(axis="y", labelsize=7)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.42, right=0.97, top=0.93, bottom=0.12)  # room for the names
     save_figure(figure, path)
 
 
