@@ -56,7 +56,8 @@ def render(template: str, values: dict[str, str]) -> str:
     lines = []
     for line in template.splitlines():
         if line.startswith("#"):
-            lines.append(line)
+            if not PLACEHOLDER.search(line):  # the template's notes on its placeholders go
+                lines.append(line)
         elif line.startswith("ExecStart="):
             words = line.removeprefix("ExecStart=").split()
             lines.append("ExecStart=" + " ".join(exec_argument(fill(word, str), i == 0)
