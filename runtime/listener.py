@@ -168,7 +168,8 @@ def serve(app, sock: socket.socket, limits: Limits, log, stopping) -> None:
     config = uvicorn.Config(
         app, http=protocol_class(limits), ws="none", lifespan="off", log_config=None,
         access_log=False, proxy_headers=False, server_header=False, backlog=limits.backlog,
-        timeout_keep_alive=max(1, int(limits.head_s)), h11_max_incomplete_event_size=limits.head_bytes,
+        timeout_keep_alive=max(1, int(limits.head_s)),
+        h11_max_incomplete_event_size=limits.head_bytes,
         timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
 
