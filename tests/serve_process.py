@@ -39,8 +39,12 @@ class Server:
 
     def request(self, path: str, data: bytes | None = None, headers: dict | None = None,
                 method: str | None = None, timeout: float = 30) -> tuple[int, object, bytes]:
-        """(status, headers, body) of one request; HTTP errors are answers, not exceptions."""
-        request = urllib.request.Request(self.url + path, data=data, headers=headers or {},
+        """(status, headers, body) of one request; HTTP errors are answers, not exceptions.
+        A body is sent as image/jpeg unless `headers` say otherwise."""
+        headers = dict(headers or {})
+        if data is not None and not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "image/jpeg"
+        request = urllib.request.Request(self.url + path, data=data, headers=headers,
                                          method=method)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
