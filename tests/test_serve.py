@@ -324,3 +324,241 @@ def test_load_benchmark_prints_its_figures(shipped, real_data):
     alone = float(result.stdout.split("| no viewer | ")[1].split(" |")[0])
     watched = float(result.stdout.split("| 2 MJPEG viewers | ")[1].split(" |")[0])
     assert alone > 0 and ratio == pytest.approx(watched / alone, abs=0.02)
+
+
+def raw_answer(port: int, data: bytes, timeout: float = 20) -> tuple[int | None, bytes]:
+    """(status or None, whole reply) of one request sent as bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+                if b"\r\n\r\n" in received and b"content-length" not in received.lower():
+                    break
+    words = received.split(None, 2)
+    return (int(words[1]) if len(words) > 1 and words[1].isdigit() else None), received
+
+
+def test_only_its_own_names_and_pages_are_served(server):
+    """DNS rebinding (a foreign Host) and requests from pages on other sites are refused on
+    every route, and the API takes image types or a form only; none of it is counted as done."""
+    def classified() -> int:
+        metrics = server.request("/metrics")[2].decode()
+        return sum(int(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith('edgeconv_requests_total{route="/api/classify",code="200"'))
+
+    before = classified()
+    photo = PHOTO.read_bytes()
+    for host in ("attacker.example", f"attacker.example:{server.port}", "127.0.0.1",
+                 f"127.0.0.1:{server.port + 1}", f"localhost.attacker.example:{server.port}"):
+        for path in ("/stream.mjpg", "/api/info", "/api/history", "/events", "/metrics", "/"):
+            status, answer = server.json(path, headers={"Host": host})
+            assert status == 421 and "does not answer to Host" in answer["error"], (host, path)
+        assert server.json("/api/classify", data=photo, headers={"Host": host})[0] == 421
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}"):
+        assert server.json("/api/info", headers={"Host": host})[0] == 200
+    assert server.json("/api/info", headers={"Host": f"[::1]:{server.port}"})[0] == 200
+    for headers in ({"Origin": "http://attacker.example"}, {"Origin": "null"},
+                    {"Origin": f"http://localhost:{server.port + 1}"},
+                    {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):
+        for content_type in ("image/jpeg", "text/plain", "multipart/form-data; boundary=x"):
+            status, answer = server.json("/api/classify", data=photo, headers={
+                **headers, "Content-Type": content_type})
+            assert status == 403 and "another site" in answer["error"], headers
+        assert server.request("/stream.mjpg", headers=headers)[0] == 403
+    own = {"Origin": f"http://127.0.0.1:{server.port}", "Sec-Fetch-Site": "same-origin"}
+    assert server.json("/api/classify", data=photo, headers=own)[0] == 200
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", ""):
+        status, answer = server.json("/api/classify", data=photo,
+                                     headers={"Content-Type": content_type})
+        assert status == 415 and "not an image" in answer["error"]
+    navigation = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                  "Sec-Fetch-Dest": "document"}  # a link to the page from elsewhere
+    assert server.request("/", headers=navigation)[0] == 200
+    assert server.request("/api/info", headers=navigation)[0] == 403
+    assert classified() == before + 1  # only the same-origin one
+
+
+def test_a_non_loopback_server_answers_its_address_and_allowed_names(shipped):
+    running = Server(shipped / "plus_int8.tflite", "--host", "0.0.0.0", "--token", "t0ken",
+                     "--allow-host", "pi.local", "--allow-host", "camera.lan")
+    bearer = {"Authorization": "Bearer t0ken"}
+    try:
+        for host, status in ((f"pi.local:{running.port}", 200), (f"camera.lan:{running.port}",
+                                                                   200),
+                             (f"127.0.0.1:{running.port}", 200), (f"other.lan:{running.port}",
+                                                                  421),
+                             ("pi.local", 421), (f"pi.local:{running.port}0", 421)):
+            assert running.request("/api/info", headers={**bearer, "Host": host})[0] == status
+    finally:
+        log = running.stop()
+    assert "t0ken" not in log
+
+
+def encoded(image, fmt: str, **options) -> bytes:
+    from PIL import Image  # noqa: F401  (Pillow images come in)
+
+    buffer = __import__("io").BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def test_decoding_bombs_four_at_a_time_are_refused_in_little_memory(shipped):
+    """16-bit, RGBA and 32-bit TIFF images of 8000x8000 (a few hundred KB each) and a JPEG of
+    2,000 scans: refused before decoding, the server's peak memory stays under 300 MB."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    bombs = {"image/png": encoded(Image.new("I;16", (8000, 8000), 40000), "PNG"),
+             "image/webp": encoded(Image.new("RGBA", (8000, 8000)), "PNG"),
+             "image/tiff": encoded(Image.new("I", (8000, 8000)), "TIFF",
+                                   compression="tiff_deflate")}
+    progressive = encoded(Image.open(PHOTO), "JPEG", progressive=True)
+    scans = progressive[:-2] + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" * 2000 + b"\xff\xd9"
+    running = Server(shipped / "plus_int8.tflite")
+    try:
+        def post(item) -> tuple[int, dict]:
+            content_type, body = item
+            return running.json("/api/classify", data=body,
+                                headers={"Content-Type": content_type})
+
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(3):
+                for status, answer in pool.map(post, [*bombs.items(), ("image/jpeg", scans)]):
+                    assert status == 400, answer
+                    assert "MB to decode" in answer["error"] or "2010 scans" in answer["error"]
+        peak = float(Path(f"/proc/{running.process.pid}/status").read_text().split(
+            "VmHWM:")[1].split()[0]) / 1024
+        assert peak < 300, peak
+        assert running.json("/api/classify", data=PHOTO.read_bytes())[0] == 200
+    finally:
+        log = running.stop()
+    assert "Traceback" not in log
+
+
+def test_multipart_nesting_and_part_counts_are_bounded(server):
+    boundary = "b0"
+    nested = b""
+    for depth in range(1000, 0, -1):  # 1,000 forms, each the 'file' of the one around it
+        nested = (f"--b{depth}\r\nContent-Disposition: form-data; name=\"file\"\r\n"
+                  f"Content-Type: multipart/form-data; boundary=b{depth + 1}\r\n\r\n").encode() \
+            + nested + f"\r\n--b{depth}--\r\n".encode()
+    flat = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"n{n}\"\r\n\r\nx\r\n"
+                    .encode() for n in range(10000)) + f"--{boundary}--\r\n".encode()
+    started = time.monotonic()
+    status, answer = server.json("/api/classify", data=nested, headers={
+        "Content-Type": "multipart/form-data; boundary=b1"})
+    assert status == 400 and answer["error"] == "not an image"  # depth one: a part's bytes
+    status, answer = server.json("/api/classify", data=flat, headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 400 and answer["error"] == "multipart form of over 64 parts"
+    assert time.monotonic() - started < 5
+
+
+def test_slow_clients_are_dropped_and_healthz_answers_meanwhile(shipped):
+    """120 clients sending a header line every half second against a cap of 40 connections
+    and a 2 s head deadline; a slow body is cut at its 3 s deadline with 408."""
+    running = Server(shipped / "plus_int8.tflite", "--max-connections", "40",
+                     "--head-timeout", "2", "--body-timeout", "3")
+    slow = []
+    try:
+        host = f"Host: 127.0.0.1:{running.port}\r\n".encode()
+        for _ in range(120):
+            sock = socket.create_connection(("127.0.0.1", running.port))
+            sock.sendall(b"GET /api/info HTTP/1.1\r\n")
+            slow.append(sock)
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            for sock in slow:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X-Slow: 1\r\n")
+            started = time.monotonic()
+            assert running.json("/healthz")[0] == 200
+            assert time.monotonic() - started < 1
+            time.sleep(0.5)
+        open_ones = 0
+        for sock in slow:  # dropped: at the cap, or at the head deadline
+            sock.settimeout(0.5)
+            try:
+                open_ones += sock.recv(1) != b""
+            except TimeoutError:
+                open_ones += 1
+            except OSError:
+                pass
+        assert open_ones == 0
+        started = time.monotonic()
+        status, reply = raw_answer(running.port, b"POST /api/classify HTTP/1.1\r\n" + host +
+                                   b"Content-Type: image/jpeg\r\nContent-Length: 9000\r\n\r\n"
+                                   b"only part of it")
+        assert status == 408 and b"did not arrive within 3 s" in reply
+        assert 2.5 < time.monotonic() - started < 6
+    finally:
+        for sock in slow:
+            sock.close()
+        log = running.stop()
+    assert "Traceback" not in log
+
+
+def test_a_model_overwritten_in_place_or_made_a_fifo_or_dev_zero_never_stops_it(shipped, tmp_path):
+    model = tmp_path / "current.tflite"
+    shutil.copy(shipped / "plus_int8.tflite", model)
+    running = Server(model)
+    try:
+        for source in ("augmented_int8.tflite", "plus_int8.tflite", "augmented_int8.tflite"):
+            shutil.copyfile(shipped / source, model)  # cp: the same inode, rewritten
+            for _ in range(5):
+                assert running.json("/api/classify", data=PHOTO.read_bytes())[0] == 200
+                time.sleep(0.3)
+        assert wait_for(lambda: running.json("/api/info")[1]["model_swaps"] >= 2)
+        refused = running.json("/api/info")[1]["model_refused"]
+        model.unlink()
+        os.mkfifo(model)
+        assert wait_for(lambda: running.json("/api/info")[1]["model_refused"] == refused + 1)
+        assert running.json("/api/classify", data=PHOTO.read_bytes())[0] == 200
+        model.unlink()
+        model.symlink_to("/dev/zero")
+        assert wait_for(lambda: running.json("/api/info")[1]["model_refused"] == refused + 2)
+        model.unlink()
+        shutil.copy(shipped / "plus_int8.tflite", model)  # the watcher lives on
+        swaps = running.json("/api/info")[1]["model_swaps"]
+        assert wait_for(lambda: running.json("/api/info")[1]["model_swaps"] == swaps + 1)
+        metrics = running.request("/metrics")[2].decode()
+        assert f"edgeconv_model_refused_total {refused + 2}" in metrics
+    finally:
+        log = running.stop()
+    assert running.process.returncode == -15 or running.process.returncode == 0, log
+    assert "Traceback" not in log and "not a regular file" in log
+
+
+def test_healthz_says_503_when_the_camera_stalls(shipped, tmp_path):
+    """The camera is a FIFO that delivers 40 frames and then nothing, as a hung camera."""
+    import threading
+
+    import numpy as np
+    from PIL import Image
+
+    camera = tmp_path / "camera.mjpg"
+    os.mkfifo(camera)
+    frame = encoded(Image.fromarray(np.random.default_rng(0).integers(
+        0, 255, (480, 640, 3), dtype=np.uint8)), "JPEG", quality=95)
+    held = threading.Event()
+
+    def deliver() -> None:
+        with open(camera, "wb") as fifo:
+            for _ in range(40):
+                fifo.write(frame)
+            fifo.flush()
+            held.wait(60)
+
+    threading.Thread(target=deliver, daemon=True).start()
+    running = Server(shipped / "plus_int8.tflite", "--camera", camera)
+    try:
+        assert wait_for(lambda: running.json("/api/info")[1]["frames"] >= 20)
+        assert wait_for(lambda: running.json("/healthz")[0] == 503, timeout=15)
+        status, answer = running.json("/healthz")
+        assert answer["status"] == "stale" and "last frame is" in answer["error"]
+    finally:
+        held.set()
+        running.stop()
