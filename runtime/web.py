@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -117,7 +116,9 @@ def form_file(content_type: str, body: bytes) -> bytes:
         parser = MultipartParser(boundary, callbacks)
         parser.write(body)
         parser.finalize()
-    except MultipartParseError as error:
+    except ImageError:
+        raise
+    except ValueError as error:  # python-multipart's FormParserError and its kind
         raise ImageError(f"malformed multipart form ({one_line(error, 200)})") from None
     if not found:
         raise ImageError("multipart form has no 'file' field")
@@ -157,6 +158,8 @@ class Web:
         await response(scope, receive, send)
 
     async def answer(self, request: Request, route: str) -> Response:
+        if request.scope["http_version"] not in ("1.0", "1.1"):
+            raise Refusal(505, "HTTP/1.0 and HTTP/1.1 only", close=True)
         headers = request.headers
         lines = request.scope["headers"]
         if len(lines) > self.limits.headers or sum(len(name) + len(value) + 4 for name, value
