@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import attacks  # noqa: E402
 from serve_process import Server  # noqa: E402
 
 from runtime.classifier import Classifier  # noqa: E402
@@ -853,16 +854,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "plus_int8.tflite")
     parser.add_argument("--workers", type=int, default=16,
                         help="client threads at once (default: %(default)s)")
+    parser.add_argument("--slow-clients", type=int, default=2000,
+                        help="slow clients in the file-limit scenario (default: %(default)s)")
+    parser.add_argument("--slow-seconds", type=float, default=30,
+                        help="how long they stay (default: %(default)s)")
+    parser.add_argument("--bomb-rounds", type=int, default=25,
+                        help="rounds of 4 bombs at once (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.requests < 2:
         parser.error("--requests must be at least 2")
     started = time.monotonic()
     report = fuzz(args.model, args.requests, args.seed, args.workers)
     print(markdown_table(HEADER, report.rows()))
-    print(f"\n{report.rss_line()}; {time.monotonic() - started:.0f} s")
-    for failure in report.failures[:50]:
+    print(f"\n{report.rss_line()}; {time.monotonic() - started:.0f} s\n")
+    scenarios = attacks.run(args.model, bombs(), args.slow_clients, args.slow_seconds,
+                            args.bomb_rounds)
+    print(markdown_table(HEADER, [[name, counts["tried"], *(counts[v] for v in VERDICTS)]
+                                  for name, counts, _ in scenarios]))
+    failures = report.failures + [line for *_, lines in scenarios for line in lines]
+    for failure in failures[:50]:
         print(f"FAILED {failure}", file=sys.stderr)
-    return 0 if report.passed() else 1
+    return 0 if report.passed() and not any(lines for *_, lines in scenarios) else 1
 
 
 if __name__ == "__main__":
