@@ -562,3 +562,78 @@ def test_healthz_says_503_when_the_camera_stalls(shipped, tmp_path):
     finally:
         held.set()
         running.stop()
+
+
+ATTACK_PAGE = """<!doctype html><meta charset="utf-8"><title>elsewhere</title>
+<img id="camera"><form id="form" method="post" enctype="multipart/form-data" target="sink"
+ action="TARGET/api/classify"><input name="file" value="not a file"></form>
+<iframe name="sink"></iframe>
+<script>
+const target = "TARGET";
+const photo = Uint8Array.from(atob("PHOTO"), c => c.charCodeAt(0));
+const form = new FormData();
+form.append("file", new Blob([photo], {type: "image/jpeg"}), "cat.jpg");
+const tries = [
+  fetch(target + "/api/classify", {method: "POST", mode: "no-cors",
+                                   body: new Blob([photo], {type: "text/plain"})}),
+  fetch(target + "/api/classify", {method: "POST", mode: "no-cors", body: form}),
+  fetch(target + "/api/classify", {method: "POST", mode: "no-cors", body: photo}),
+  fetch(target + "/api/history", {mode: "no-cors"}),
+];
+document.getElementById("camera").src = target + "/stream.mjpg";
+const events = new EventSource(target + "/events");
+document.getElementById("form").submit();
+Promise.allSettled(tries).then(() => setTimeout(() => { document.title = "done"; }, 2000));
+</script>"""
+
+
+@pytest.mark.system
+def test_a_page_on_another_site_can_neither_classify_nor_watch(server):
+    """A page from another origin in Chromium: no-cors fetches of an image (text/plain,
+    multipart, raw), a form post, the camera in an <img>, an EventSource. All arrive; none is
+    served (/metrics), and the server's own page still works (the test above)."""
+    import base64
+    import http.server
+    import threading
+
+    from browser import Browser
+
+    page = ATTACK_PAGE.replace("TARGET", server.url).replace(
+        "PHOTO", base64.b64encode(PHOTO.read_bytes()).decode()).encode()
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802  (the base's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    def counts() -> dict[tuple[str, str], int]:
+        metrics = server.request("/metrics")[2].decode()
+        found = {}
+        for line in metrics.splitlines():
+            if line.startswith("edgeconv_requests_total{"):
+                route = line.split('route="')[1].split('"')[0]
+                code = line.split('code="')[1].split('"')[0]
+                found[route, code] = int(line.split()[-1])
+        return found
+
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    before = counts()
+    browser = Browser(f"http://127.0.0.1:{elsewhere.server_address[1]}/")
+    try:
+        browser.wait_for("document.title === 'done'")
+    finally:
+        browser.close()
+        elsewhere.shutdown()
+    after = counts()
+    grew = {key: after[key] - before.get(key, 0) for key in after
+            if after[key] != before.get(key, 0) and key[0] != "/metrics"}
+    assert all(code == "403" for _, code in grew), grew  # nothing done, nothing read
+    assert grew.get(("/api/classify", "403"), 0) >= 4, grew  # 3 fetches and the form
+    assert grew.get(("/stream.mjpg", "403"), 0) >= 1 and grew.get(("/events", "403"), 0) >= 1
