@@ -4,8 +4,9 @@ applies them in one place, before any route runs.
 
 - Host: a DNS-rebinding page reaches a loopback server under a name of its own, so only the
   names the server is known by are served (421 otherwise): localhost, 127.0.0.1 and [::1] on a
-  loopback address; on any other, also the address the connection came in on and each
-  `--allow-host` name. With the server's port, or none when it listens on 80.
+  loopback address; on any other, also the address the connection came in on, the machine's
+  own name (NAME and NAME.local, as a Pi is found on its network) and each `--allow-host`
+  name. With the server's port, or none when it listens on 80.
 - Site: a page elsewhere can make a browser send requests here (a form post, a no-cors
   fetch) without reading the answer; a request whose Origin is not this server's own, or whose
   Sec-Fetch-Site is another site's, is refused (403), but for a top-level navigation to the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +73,12 @@ class Guard:
             offered.append(query_token)
         expected = self.token.encode()
         return any(value and hmac.compare_digest(value.encode(), expected) for value in offered)
+
+
+def own_names() -> list[str]:
+    """This machine's name as its network knows it: NAME and NAME.local (mDNS)."""
+    name = socket.gethostname().lower().split(".")[0]
+    return [name, f"{name}.local"] if name else []
 
 
 def top_level_navigation(headers) -> bool:
