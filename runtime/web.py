@@ -70,59 +70,71 @@ def json_response(status: int, data: dict, headers: dict | None = None) -> Respo
 
 
 def form_file(content_type: str, body: bytes) -> bytes:
-    """The `file` field of a multipart/form-data body (python-multipart's parser; nested
-    multipart is not parsed, so its depth is one)."""
+    """The `file` field of a multipart/form-data body (python-multipart's parser; a form
+    nested in a part is that part's bytes, so forms are one level deep)."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise ImageError("multipart form without a boundary")
-    parts, found, header = [0], [], {"name": b"", "value": b"", "disposition": b""}
-    chunks: list[bytes] = []
-    taking = [False]
-
-    def part_begin() -> None:
-        parts[0] += 1
-        if parts[0] > MAX_FORM_PARTS:
-            raise ImageError(f"multipart form of over {MAX_FORM_PARTS} parts")
-        header["disposition"] = b""
-        taking[0] = False
-
-    def header_end() -> None:
-        if header["name"].strip().lower() == b"content-disposition":
-            header["disposition"] = header["value"]
-        header["name"] = header["value"] = b""
-
-    def headers_done() -> None:
-        _, params = parse_options_header(header["disposition"])
-        taking[0] = params.get(b"name") == b"file" and not found
-
-    def part_end() -> None:
-        if taking[0]:
-            found.append(b"".join(chunks))
-            taking[0] = False
-
-    callbacks = {
-        "on_part_begin": part_begin,
-        "on_header_field": lambda data, start, end: header.__setitem__(
-            "name", header["name"] + data[start:end]),
-        "on_header_value": lambda data, start, end: header.__setitem__(
-            "value", header["value"] + data[start:end]),
-        "on_header_end": header_end,
-        "on_headers_finished": headers_done,
-        "on_part_data": lambda data, start, end: taking[0] and chunks.append(data[start:end]),
-        "on_part_end": part_end,
-    }
+    field = FileField()
     try:
-        parser = MultipartParser(boundary, callbacks)
+        parser = MultipartParser(boundary, field.callbacks())
         parser.write(body)
         parser.finalize()
     except ImageError:
         raise
     except ValueError as error:  # python-multipart's FormParserError and its kind
         raise ImageError(f"malformed multipart form ({one_line(error, 200)})") from None
-    if not found:
+    if field.file is None:
         raise ImageError("multipart form has no 'file' field")
-    return found[0]
+    return field.file
+
+
+class FileField:
+    """python-multipart callbacks that keep the first part named 'file', and refuse a form
+    of more than MAX_FORM_PARTS parts as soon as the next one begins."""
+
+    def __init__(self):
+        self.parts = 0
+        self.header_name = self.header_value = self.disposition = b""
+        self.taking = False
+        self.chunks: list[bytes] = []
+        self.file: bytes | None = None
+
+    def callbacks(self) -> dict:
+        return {"on_part_begin": self.part_begin, "on_header_field": self.header_field,
+                "on_header_value": self.header_value_part, "on_header_end": self.header_end,
+                "on_headers_finished": self.headers_finished, "on_part_data": self.data,
+                "on_part_end": self.part_end}
+
+    def part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_FORM_PARTS:
+            raise ImageError(f"multipart form of over {MAX_FORM_PARTS} parts")
+        self.disposition, self.taking = b"", False
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_name += data[start:end]
+
+    def header_value_part(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def header_end(self) -> None:
+        if self.header_name.strip().lower() == b"content-disposition":
+            self.disposition = self.header_value
+        self.header_name = self.header_value = b""
+
+    def headers_finished(self) -> None:
+        _, params = parse_options_header(self.disposition)
+        self.taking = params.get(b"name") == b"file" and self.file is None
+
+    def data(self, data: bytes, start: int, end: int) -> None:
+        if self.taking:
+            self.chunks.append(data[start:end])
+
+    def part_end(self) -> None:
+        if self.taking:
+            self.file, self.taking = b"".join(self.chunks), False
 
 
 class Web:
