@@ -78,9 +78,8 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
 
             self.conn.next_event = remembered
             self.await_head()
-            if len(self.connections) > cap:
-                oldest = next(iter(waiting))
-                (oldest if oldest is not self else self).drop()
+            if len(self.connections) > cap:  # the longest wait goes: this one, if all others
+                next(iter(waiting)).drop()  # are busy with a request
 
         def await_head(self) -> None:
             self.stop_head_timer()
