@@ -16,6 +16,8 @@ from pathlib import Path
 
 from conftest import REPO, free_port
 
+SERVE = REPO / "runtime" / "serve"  # another checkout's, to measure it the same way
+
 
 class Server:
     def __init__(self, *args: str | Path, env: dict | None = None, nofile: int | None = None):
@@ -24,7 +26,7 @@ class Server:
         # The log goes to a file: a pipe nobody reads would stall a server that logs a lot.
         self.log_file = tempfile.TemporaryFile()  # noqa: SIM115  (closed by stop())
         self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "runtime" / "serve"), *map(str, args), "--port",
+            [sys.executable, str(SERVE), *map(str, args), "--port",
              str(self.port)], stdout=subprocess.DEVNULL, stderr=self.log_file,
             env={**os.environ, **(env or {})}, preexec_fn=None if nofile is None else
             lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))

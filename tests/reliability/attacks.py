@@ -29,6 +29,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import serve_process
 from serve_process import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,7 +267,7 @@ def tokens_at_start(model: Path) -> Row:
     work = Path(tempfile.mkdtemp(prefix="edgeconv-token-"))
     (work / "empty").write_text("")
     (work / "blank").write_text("  \n")
-    serve = [sys.executable, str(ROOT / "runtime" / "serve"), str(model)]
+    serve = [sys.executable, str(serve_process.SERVE), str(model)]
     for args in (["--token", ""], ["--token", "   "], ["--host", "0.0.0.0", "--token-file",
                                                        str(work / "empty")],
                  ["--host", "0.0.0.0", "--token-file", str(work / "blank")]):

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import attacks  # noqa: E402
+import serve_process  # noqa: E402
 from serve_process import Server  # noqa: E402
 
 from runtime.classifier import Classifier  # noqa: E402
@@ -860,7 +861,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long they stay (default: %(default)s)")
     parser.add_argument("--bomb-rounds", type=int, default=25,
                         help="rounds of 4 bombs at once (default: %(default)s)")
+    parser.add_argument("--serve", type=Path, default=serve_process.SERVE,
+                        help="the runtime/serve to attack, e.g. an older checkout's "
+                        "(default: this checkout's)")
     args = parser.parse_args(argv)
+    serve_process.SERVE = args.serve
     if args.requests < 2:
         parser.error("--requests must be at least 2")
     started = time.monotonic()
