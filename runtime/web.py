@@ -198,9 +198,10 @@ class Web:
                                                              query_token):
             raise Refusal(401, "token required: Authorization: Bearer TOKEN, or open "
                           "/?token=TOKEN once", {"WWW-Authenticate": "Bearer"})
-        if method == "HEAD" and route in STREAMS:
+        response = await getattr(self, methods["GET" if method == "HEAD" else method])(request)
+        if method == "HEAD" and isinstance(response, LiveStream):  # its head, not its stream
             return Response(b"", 200, {"Cache-Control": "no-store"}, media_type=STREAMS[route])
-        return await getattr(self, methods["GET" if method == "HEAD" else method])(request)
+        return response
 
     # --- routes ----------------------------------------------------------------------------
 
@@ -322,9 +323,10 @@ class LiveStream(Response):
 
     def __init__(self, web: Web, route: str):
         self.web, self.route, self.status_code = web, route, 200
-        web.streams += 1  # at once, with the check before it: the loop is single-threaded
 
     async def __call__(self, scope, receive, send) -> None:
+        # Counted here, with no await since the handler checked the count: one event loop.
+        self.web.streams += 1
         live, stop = self.web.app.live, self.web.app.stop
         gone = asyncio.Event()
 
