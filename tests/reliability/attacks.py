@@ -291,7 +291,8 @@ def tokens_at_start(model: Path) -> Row:
 
 def run(model: Path, bombs: dict[str, bytes], slow: int, seconds: float, rounds: int
         ) -> list[Row]:
-    """Every scenario; one that fails outright (a server that died under it) is a crash."""
+    """Every scenario; one that fails outright is a crash (a server that died under it) or a
+    hang (one that stopped answering)."""
     rows = []
     for name, scenario, args in (
             ("decoding bombs posted 4 at a time", bombs_four_at_a_time, (bombs, rounds)),
@@ -301,6 +302,8 @@ def run(model: Path, bombs: dict[str, bytes], slow: int, seconds: float, rounds:
         try:
             rows.append(scenario(model, *args))
         except Exception as error:  # noqa: BLE001  a server that gave way: its row says so
-            rows.append((f"{name}: ended by {type(error).__name__}", Counter(tried=1, crash=1),
-                         [f"{name}: {error!r}"]))
+            verdict = "hang" if isinstance(error, (TimeoutError, subprocess.TimeoutExpired)) \
+                else "crash"
+            rows.append((f"{name}: ended by {type(error).__name__}",
+                         Counter({"tried": 1, verdict: 1}), [f"{name}: {error!r}"]))
     return rows
