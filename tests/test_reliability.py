@@ -60,9 +60,10 @@ def test_the_server_lives_through_hostile_clients(shipped):
 @pytest.mark.slow
 def test_the_server_lives_through_the_network_attackers_scenarios(shipped):
     """A share of the full run: bombs 4 at a time twice, 1,100 slow clients for 10 s (the
-    issue's count: /healthz had stopped answering), every model-file attack, empty tokens."""
+    count at which /healthz had stopped answering for good; within 2 s, not 1, as CI
+    machines are shared), every model-file attack, empty tokens."""
     rows = attacks.run(shipped / "plus_int8.tflite", fuzz_serve.bombs(), slow=1100,
-                       seconds=10, rounds=2)
+                       seconds=10, rounds=2, within=2.0)
     for name, counts, failures in rows:
         assert counts["tried"] and not failures, (name, dict(counts), failures[:5])
 
