@@ -3,11 +3,14 @@
 camera loop with and without stream viewers, beside runtime/classify on the same photos.
 
   python devices/bench_serve.py MODEL PHOTOS [--clients 4] [--requests 400] [--viewers 5]
+                                [--before CHECKOUT]
 
 Starts a real server process (and a second one with a video made from the photos as its
 camera), prints requests/s, p50/p99 latency and the server's peak RSS against classify's
 images/s, then camera FPS with no viewer against FPS with --viewers viewers reading the MJPEG
-stream. Figures, not a pass/fail: run it on a quiet machine.
+stream, and the server's cold start and idle RSS. With --before, the same for the runtime/serve
+of another checkout (e.g. `git worktree add /tmp/before COMMIT`), side by side in one run.
+Figures, not a pass/fail: run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -39,28 +42,33 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path, *args: str):
+    def __init__(self, model: Path, *args: str, root: Path = ROOT):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "runtime" / "serve"), str(model), "--port",
+            [sys.executable, str(root / "runtime" / "serve"), str(model), "--port",
              str(self.port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    self.cold_start_s = time.perf_counter() - started
+                    time.sleep(1)
+                    self.idle_rss_mb = self.rss_mb("VmRSS:")
                     return
             except OSError:
-                time.sleep(0.1)
+                time.sleep(0.05)
         raise SystemExit(f"error: server did not start: {self.process.stderr.read()}")
 
     def info(self) -> dict:
         with urllib.request.urlopen(self.url + "/api/info", timeout=10) as response:
             return json.loads(response.read())
 
-    def peak_rss_mb(self) -> float:
+    def rss_mb(self, field: str = "VmHWM:") -> float:
+        """The peak (VmHWM) or current (VmRSS) resident memory."""
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
         return float("nan")
 
@@ -79,7 +87,8 @@ def post_photos(url: str, photos: list[bytes], clients: int, requests: int) -> d
     def client() -> None:
         for index in counter:  # shared: each request is taken once
             body = photos[index % len(photos)]
-            request = urllib.request.Request(url + "/api/classify", data=body)
+            request = urllib.request.Request(url + "/api/classify", data=body,
+                                             headers={"Content-Type": "image/jpeg"})
             started = time.perf_counter()
             try:
                 with urllib.request.urlopen(request, timeout=60) as response:
@@ -145,55 +154,82 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewers", type=int, default=5, help="MJPEG viewers for the "
                         "camera run")
     parser.add_argument("--seconds", type=float, default=10, help="camera FPS window")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="also measure the runtime/serve of this checkout")
     args = parser.parse_args(argv)
     files = list_images(args.photos)
     if not files or not args.model.is_file():
         parser.error("need a model file and a folder with photos")
+    if args.before and not (args.before / "runtime" / "serve").is_file():
+        parser.error(f"--before {args.before}: no runtime/serve there")
     used = files[:args.requests]
     photos = [path.read_bytes() for path in used]
+    servers = [("", ROOT)] + ([("before: ", args.before)] if args.before else [])
     with tempfile.TemporaryDirectory(prefix="edgeconv-bench-") as work:
         folder = Path(work) / "photos"
         folder.mkdir()
         for index, path in enumerate(used):
             os.symlink(path.resolve(), folder / f"{index:05d}{path.suffix}")
         classify = classify_rate(args.model, folder)
-        server = Server(args.model)
-        try:
-            api = post_photos(server.url, photos, args.clients, args.requests)
-            api["peak_rss_mb"] = server.peak_rss_mb()
-        finally:
-            server.stop()
         video = Path(work) / "camera.avi"
         make_video(files[:200], video, fps=200)  # faster than inference: FPS is the engine's
-        camera = Server(args.model, "--camera", str(video))
-        stop = threading.Event()
-        try:
-            time.sleep(2)  # warm up
-            alone = camera_fps(camera, args.seconds)
-            viewers = [threading.Thread(target=watch_stream, args=(camera.url, stop),
-                                        daemon=True) for _ in range(args.viewers)]
-            for viewer in viewers:
-                viewer.start()
-            time.sleep(1)
-            watched = camera_fps(camera, args.seconds)
-            camera_rss = camera.peak_rss_mb()
-        finally:
-            stop.set()
-            camera.stop()
+        results = {label: measure(args, root, photos, video) for label, root in servers}
     print(f"{args.model.name}, {len(used)} photos from {args.photos}, {os.cpu_count()} cores\n")
-    print(markdown_table(
-        ["what", "images/s", "p50 ms", "p99 ms", "peak RSS MB"],
-        [["runtime/classify (files)", f"{classify:.0f}", "-", "-", "-"],
-         [f"serve POST /api/classify, {args.clients} clients", f"{api['requests_per_second']:.0f}",
-          f"{api['p50_ms']:.1f}", f"{api['p99_ms']:.1f}", f"{api['peak_rss_mb']:.0f}"]]))
+    rows = [["runtime/classify (files)", f"{classify:.0f}", "-", "-", "-"]]
+    for label, result in results.items():
+        api = result["api"]
+        rows.append([f"{label}serve POST /api/classify, {args.clients} clients",
+                     f"{api['requests_per_second']:.0f}", f"{api['p50_ms']:.1f}",
+                     f"{api['p99_ms']:.1f}", f"{api['peak_rss_mb']:.0f}"])
+    print(markdown_table(["what", "images/s", "p50 ms", "p99 ms", "peak RSS MB"], rows))
+    api = results[""]["api"]
     print(f"\nAPI: {api['requests_per_second'] / classify:.2f}x classify's rate, "
           f"{api['failures']} failed requests")
-    print(markdown_table(["camera (video at 200 FPS)", "inference FPS", "peak RSS MB"],
-                         [["no viewer", f"{alone:.1f}", "-"],
-                          [f"{args.viewers} MJPEG viewers", f"{watched:.1f}",
-                           f"{camera_rss:.0f}"]]))
-    print(f"\nwith {args.viewers} viewers: {watched / alone:.2f}x the FPS of none")
+    if args.before:
+        old = results["before: "]["api"]
+        print(f"against before: {api['requests_per_second'] / old['requests_per_second']:.2f}x "
+              f"the requests/s, {api['p99_ms'] / old['p99_ms']:.2f}x the p99")
+    rows = []
+    for label, result in results.items():
+        rows += [[f"{label}no viewer", f"{result['alone']:.1f}", "-"],
+                 [f"{label}{args.viewers} MJPEG viewers", f"{result['watched']:.1f}",
+                  f"{result['camera_rss']:.0f}"]]
+    print(markdown_table(["camera (video at 200 FPS)", "inference FPS", "peak RSS MB"], rows))
+    current = results[""]
+    print(f"\nwith {args.viewers} viewers: {current['watched'] / current['alone']:.2f}x the FPS "
+          "of none")
+    print(markdown_table(["server", "cold start s", "idle RSS MB"],
+                         [[label.rstrip(": ") or "this checkout", f"{result['cold_s']:.2f}",
+                           f"{result['idle_mb']:.0f}"] for label, result in results.items()]))
     return 0
+
+
+def measure(args: argparse.Namespace, root: Path, photos: list[bytes], video: Path) -> dict:
+    """The API, camera and start figures of the runtime/serve in `root`."""
+    server = Server(args.model, root=root)
+    try:
+        api = post_photos(server.url, photos, args.clients, args.requests)
+        api["peak_rss_mb"] = server.rss_mb()
+        cold_s, idle_mb = server.cold_start_s, server.idle_rss_mb
+    finally:
+        server.stop()
+    camera = Server(args.model, "--camera", str(video), root=root)
+    stop = threading.Event()
+    try:
+        time.sleep(2)  # warm up
+        alone = camera_fps(camera, args.seconds)
+        viewers = [threading.Thread(target=watch_stream, args=(camera.url, stop), daemon=True)
+                   for _ in range(args.viewers)]
+        for viewer in viewers:
+            viewer.start()
+        time.sleep(1)
+        watched = camera_fps(camera, args.seconds)
+        camera_rss = camera.rss_mb()
+    finally:
+        stop.set()
+        camera.stop()
+    return {"api": api, "alone": alone, "watched": watched, "camera_rss": camera_rss,
+            "cold_s": cold_s, "idle_mb": idle_mb}
 
 
 if __name__ == "__main__":

@@ -138,9 +138,10 @@ class Classifier:
             return error, 0.0
         return image, time.perf_counter() - started
 
-    def load(self, source: ImageSource) -> np.ndarray:
-        """`source` as this model's input: uint8 RGB at its size (runtime.preprocess)."""
-        return load_image(source, self.size, self.fast_jpeg)
+    def load(self, source: ImageSource, wait: float | None = None) -> np.ndarray:
+        """`source` as this model's input: uint8 RGB at its size (runtime.preprocess; `wait`:
+        how long to wait for a decoding slot before ImageBusy, None for as long as it takes)."""
+        return load_image(source, self.size, self.fast_jpeg, wait)
 
     def decide(self, output: np.ndarray | float, ms: float = 0.0) -> Prediction:
         """One image's output -> its label ("unsure" under min_score), score and scores."""

@@ -1,10 +1,13 @@
 """A model file that can be replaced while it serves: the new one is loaded and checked first.
 
-Deploy renames a new model into place. `HotModel.poll()` notices the change (inode, size,
-modification time), loads the new file in a fresh Classifier, checks it (edgeconv metadata,
-the same input size, a finite answer on a blank image, its golden outputs on this engine) and
-only then swaps it in; a file that
-fails is refused with one log line and the old model keeps serving.
+Deploy renames a new model into place; `cp new.tflite current.tflite` overwrites it in place.
+Either way the engines never see the file itself: its bytes are copied into an anonymous
+in-memory file (memfd) that only this process holds, and the model is loaded from there. An
+engine maps its model file, and a file overwritten under a mapping ends the process with
+SIGBUS. `HotModel.poll()` notices a change (inode, size, modification time), loads the new
+file in a fresh Classifier, checks it (edgeconv metadata, the same input size, a finite answer
+on a blank image, its golden outputs on this engine) and only then swaps it in; a file that
+fails for any reason is refused with one log line and the old model keeps serving.
 """
 
 from __future__ import annotations
@@ -21,11 +24,35 @@ import numpy as np
 from runtime.classifier import Classifier
 from runtime.engines import EngineError
 from runtime.golden import self_test
-from runtime.metadata import ModelFileError
+from runtime.metadata import ModelFileError, read_model_file
+from runtime.quiet import one_line
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def private_copy(path: Path) -> int:
+    """A memfd holding the bytes of the model file at `path` (metadata.read_model_file: a
+    regular file within the size limit, read without blocking)."""
+    data = read_model_file(path)
+    memory = os.memfd_create("edgeconv-model", os.MFD_CLOEXEC)
+    view, written = memoryview(data), 0
+    while written < len(data):  # os.write may write less than asked
+        written += os.write(memory, view[written:])
+    return memory
+
+
+def load_private(path: Path, factory: Callable[[Path], Classifier]) -> Classifier:
+    """`factory` run on a private in-memory copy of `path`; errors name `path`, not the copy."""
+    memory = private_copy(path)
+    copy = f"/proc/self/fd/{memory}"
+    try:
+        return factory(Path(copy))
+    except (ModelFileError, EngineError) as error:
+        raise type(error)(str(error).replace(copy, str(path))) from None
+    finally:
+        os.close(memory)  # an engine that mapped the copy keeps its own reference
 
 
 class HotModel:
@@ -34,8 +61,8 @@ class HotModel:
     def __init__(self, path: str | os.PathLike, factory: Callable[[Path], Classifier],
                  interval: float = 1.0, log: Callable[[str], None] = _log):
         self.path, self.factory, self.interval, self.log = Path(path), factory, interval, log
-        self.classifier = factory(self.path)  # the first load's errors are the caller's
         self.signature = self._signature()
+        self.classifier = load_private(self.path, factory)  # the first load's errors: caller's
         self.swaps = 0
         self.refused = 0
         self._checked = time.monotonic()
@@ -43,36 +70,41 @@ class HotModel:
 
     def _signature(self) -> tuple | None:
         try:
-            stat = self.path.stat()
+            stat_ = self.path.stat()
         except OSError:
             return None
-        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+        return stat_.st_ino, stat_.st_size, stat_.st_mtime_ns
 
     def poll(self, force: bool = False) -> bool:
         """Swap in a replaced model file if it passes its checks; True when swapped.
-        Checks the file at most once per `interval` seconds unless `force`."""
+        Checks the file at most once per `interval` seconds unless `force`. Never waits: while
+        another thread is loading a file, this returns False at once."""
         now = time.monotonic()
         if not force and now - self._checked < self.interval:
             return False
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
             self._checked = now
             signature = self._signature()
             if signature is None or signature == self.signature:
                 return False  # gone for a moment (mid-rename) or unchanged
             self.signature = signature
             try:
-                candidate = self.factory(self.path)
+                candidate = load_private(self.path, self.factory)
                 self._check(candidate)
-            except (ModelFileError, EngineError, ValueError) as error:
+            except Exception as error:  # noqa: BLE001  no file may stop the watcher
                 self.refused += 1
                 self.log(f"model {self.path}: new file refused, the previous model keeps "
-                         f"serving ({error})")
+                         f"serving ({type(error).__name__}: {one_line(error)})")
                 return False
             self.classifier = candidate
             self.swaps += 1
             self.log(f"model {self.path}: swapped in ({candidate.metadata.get('quantization')}, "
                      f"{', '.join(candidate.labels)})")
             return True
+        finally:
+            self._lock.release()
 
     def _check(self, candidate: Classifier) -> None:
         if candidate.size != self.classifier.size:
@@ -88,10 +120,15 @@ class HotModel:
 
 
 def watch(model: HotModel, stop: threading.Event) -> threading.Thread:
-    """Poll `model` every interval in a daemon thread until `stop` is set."""
+    """Poll `model` every interval in a daemon thread until `stop` is set; whatever a poll
+    raises is logged in one line and the watch goes on."""
     def loop() -> None:
         while not stop.wait(model.interval):
-            model.poll(force=True)
+            try:
+                model.poll(force=True)
+            except Exception as error:  # noqa: BLE001
+                model.log(f"model {model.path}: watch: {type(error).__name__}: "
+                          f"{one_line(error)}")
 
     thread = threading.Thread(target=loop, name="model-watch", daemon=True)
     thread.start()

@@ -44,19 +44,30 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 def read_model_file(path: Path) -> bytes:
     """The bytes of a regular file of at most MAX_MODEL_BYTES; anything else (a FIFO,
-    /dev/zero, a folder, a huge file) is refused before it is read."""
+    /dev/zero, a folder, a huge file) is refused before it is read. Opened without blocking
+    and checked on the open file, so a FIFO swapped in after a check cannot hang the reader."""
+    limit = f"over the {MAX_MODEL_BYTES // 2**20} MiB limit for a model"
     try:
-        status = path.stat()
-        if not stat.S_ISREG(status.st_mode):
-            raise ModelFileError(f"{display(path)}: not a regular file")
-        if status.st_size > MAX_MODEL_BYTES:
-            raise ModelFileError(f"{display(path)}: {status.st_size / 2**20:.0f} MiB, over the "
-                                 f"{MAX_MODEL_BYTES // 2**20} MiB limit for a model")
-        with path.open("rb") as file:
-            return file.read(MAX_MODEL_BYTES)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         raise ModelFileError(f"{display(path)}: cannot read ({error.strerror or error})"
                              ) from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise ModelFileError(f"{display(path)}: not a regular file")
+        if status.st_size > MAX_MODEL_BYTES:
+            raise ModelFileError(f"{display(path)}: {status.st_size / 2**20:.0f} MiB, {limit}")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_MODEL_BYTES + 1)
+    except OSError as error:
+        raise ModelFileError(f"{display(path)}: cannot read ({error.strerror or error})"
+                             ) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_MODEL_BYTES:  # it grew while read
+        raise ModelFileError(f"{display(path)}: {limit}")
+    return data
 
 
 def parse_metadata(text: str | bytes, path: Path | str = "<model>") -> dict:

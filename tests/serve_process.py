@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -15,16 +16,20 @@ from pathlib import Path
 
 from conftest import REPO, free_port
 
+SERVE = REPO / "runtime" / "serve"  # another checkout's, to measure it the same way
+
 
 class Server:
-    def __init__(self, *args: str | Path, env: dict | None = None):
+    def __init__(self, *args: str | Path, env: dict | None = None, nofile: int | None = None):
+        """`nofile`: the server's file-descriptor limit (as systemd's default 1,024)."""
         self.port = free_port()
         # The log goes to a file: a pipe nobody reads would stall a server that logs a lot.
         self.log_file = tempfile.TemporaryFile()  # noqa: SIM115  (closed by stop())
         self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "runtime" / "serve"), *map(str, args), "--port",
+            [sys.executable, str(SERVE), *map(str, args), "--port",
              str(self.port)], stdout=subprocess.DEVNULL, stderr=self.log_file,
-            env={**os.environ, **(env or {})})
+            env={**os.environ, **(env or {})}, preexec_fn=None if nofile is None else
+            lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -39,8 +44,12 @@ class Server:
 
     def request(self, path: str, data: bytes | None = None, headers: dict | None = None,
                 method: str | None = None, timeout: float = 30) -> tuple[int, object, bytes]:
-        """(status, headers, body) of one request; HTTP errors are answers, not exceptions."""
-        request = urllib.request.Request(self.url + path, data=data, headers=headers or {},
+        """(status, headers, body) of one request; HTTP errors are answers, not exceptions.
+        A body is sent as image/jpeg unless `headers` say otherwise."""
+        headers = dict(headers or {})
+        if data is not None and not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "image/jpeg"
+        request = urllib.request.Request(self.url + path, data=data, headers=headers,
                                          method=method)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -58,6 +67,13 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         raise AssertionError(f"no VmRSS for process {self.process.pid}")
+
+    def peak_rss_mb(self) -> float:
+        """The server's peak resident memory so far (VmHWM)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError(f"no VmHWM for process {self.process.pid}")
 
     def log(self) -> str:
         """Everything the server has written to stderr so far."""

@@ -43,7 +43,8 @@ ARMV7_FLOAT_TOLERANCE = 5e-5
 # plus model's 30 layers that adds up to 23 output steps on the test photos.
 ARMV7_INT8_STEPS = 32
 GUEST_CLONE = "/root/edgeconv"  # where a Pi user would have cloned the repository
-VERSIONS = ("numpy", "pillow", "ai-edge-litert", "tflite-runtime", "onnxruntime")
+VERSIONS = ("numpy", "pillow", "ai-edge-litert", "tflite-runtime", "onnxruntime", "uvicorn",
+            "h11", "starlette", "python-multipart")
 
 
 def pi_cache() -> Path:
@@ -100,6 +101,7 @@ class Classified:
     pi: EmulatedPi
     rows: dict[str, dict]  # "engine model" -> classify --json rows
     versions: list[str]
+    served: dict  # runtime/serve's answer to POST /api/classify of the selftest photo
 
 
 def classify_rows(output: str) -> dict[str, dict]:
@@ -147,8 +149,12 @@ def install_and_classify(arch: str, real_data: Path, float_models: dict[str, Pat
                 f"classify {model} with {engine}",
                 f".venv/bin/python runtime/classify {model} photos --engine {engine} --json"))
     versions = pi.run("pip list", ".venv/bin/python -m pip list --format=freeze").split()
+    shutil.copy(REPO / "tests" / "serve_check.py", clone / "serve_check.py")
+    served = json.loads(pi.run("serve, then POST /api/classify", ".venv/bin/python "
+                               "serve_check.py models/plus_int8.tflite devices/selftest/cat.jpg"
+                               ).strip().splitlines()[-1])
     return Classified(pi, rows, [line for line in versions
-                                 if line.split("==")[0].lower() in VERSIONS])
+                                 if line.split("==")[0].lower() in VERSIONS], served)
 
 
 def start_guest_sshd(pi: EmulatedPi, keys: Path, log: Path) -> tuple[subprocess.Popen, int]:
@@ -323,8 +329,14 @@ def test_install_then_classify_like_x86_with_every_engine(emulated, arch):
         worst[key] = largest_difference(f"emulated {arch}, {key}", guest,
                                         classify_rows(host.stdout), tolerance)
     assert len(worst) == 2 * len(engine_cases(load_profile(PROFILES[arch])))
+    host = run_script("tests/serve_check.py", clone / "models" / "plus_int8.tflite",
+                      REPO / "devices" / "selftest" / "cat.jpg")
+    assert host.returncode == 0, host.stderr
+    x86 = json.loads(host.stdout.strip().splitlines()[-1])
+    assert result.served["label"] == x86["label"], (result.served, x86)
     print(f"\nemulated {arch}: {' '.join(result.versions)}\n  seconds: {result.pi.seconds}\n"
-          f"  largest score difference from x86: {worst}")
+          f"  largest score difference from x86: {worst}\n  serve: {result.served['label']} "
+          f"{result.served['score']} (x86: {x86['label']} {x86['score']})")
 
 
 def test_deploy_over_ssh_into_the_emulated_arm64_pi_then_swap_the_model(emulated, shipped):

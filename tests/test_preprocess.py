@@ -156,3 +156,59 @@ def test_a_name_that_is_not_one_printable_line_is_escaped():
 
     assert display("new\nline.jpg") == "new\\nline.jpg"
     assert display(b"bad-\xff.jpg".decode("utf-8", "surrogateescape")) == "bad-\\udcff.jpg"
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode, fmt", [("I;16", "PNG"), ("RGBA", "PNG"), ("I", "TIFF")])
+def test_decoding_bombs_are_refused_by_their_bytes_before_decoding(mode, fmt):
+    """8000x8000 is under the pixel limit, but 16-bit, alpha or 32-bit pixels are 122-244 MB."""
+    data = encoded(Image.new(mode, (8000, 8000)), fmt, **(
+        {"compression": "tiff_deflate"} if fmt == "TIFF" else {}))
+    assert len(data) < 400_000
+    with pytest.raises(ImageError, match=r"needs \d+ MB to decode \(the limit is 64 MB\)"):
+        load_image(data)
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding():
+    progressive = encoded(halves(400, 300), "JPEG", progressive=True)
+    assert load_image(progressive).shape == (150, 150, 3)  # a real one: about 10 scans
+    bomb = progressive[:-2] + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" * 2000 + b"\xff\xd9"
+    with pytest.raises(ImageError, match="a JPEG of 20.. scans"):
+        load_image(bomb)
+
+
+def test_sixteen_bit_images_convert_without_floats_as_before():
+    from runtime.preprocess import to_rgb
+
+    values = np.arange(0, 65536, 7, dtype=np.uint16)[:9000].reshape(90, 100)
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+    expected = np.clip(values.astype(np.float64) * (255.0 / 65535.0), 0, 255).round()
+    assert np.array_equal(np.asarray(to_rgb(image))[:, :, 0], expected.astype(np.uint8))
+
+
+def test_a_large_image_within_budget_is_reduced_before_conversion():
+    big = Image.new("RGBA", (3000, 2000), (10, 200, 30, 255))
+    assert load_image(encoded(big, "PNG"))[0, 0].tolist() == [10, 200, 30]
+    assert np.array_equal(load_image(encoded(big, "PNG")), load_image(big.convert("RGB")))
+
+
+def test_decodes_wait_for_a_slot_then_report_busy():
+    from runtime.preprocess import DECODE_SLOTS, ImageBusy
+
+    data = encoded(halves(400, 300), "PNG")
+    taken = 0
+    while DECODE_SLOTS.acquire(blocking=False):
+        taken += 1
+    try:
+        with pytest.raises(ImageBusy, match="busy"):
+            load_image(data, wait=0.1)
+    finally:
+        for _ in range(taken):
+            DECODE_SLOTS.release()
+    assert load_image(data, wait=0.1).shape == (150, 150, 3)

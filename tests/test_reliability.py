@@ -16,6 +16,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "reliability"))
 
+import attacks  # noqa: E402
 import fuzz_serve  # noqa: E402
 import hostile  # noqa: E402
 
@@ -56,6 +57,17 @@ def test_the_server_lives_through_hostile_clients(shipped):
     assert report.checkpoint == 750 and report.rss_mb[0] > 20  # a real process was measured
 
 
+@pytest.mark.slow
+def test_the_server_lives_through_the_network_attackers_scenarios(shipped):
+    """A share of the full run: bombs 4 at a time twice, 1,100 slow clients for 10 s (the
+    count at which /healthz had stopped answering for good; within 2 s, not 1, as CI
+    machines are shared), every model-file attack, empty tokens."""
+    rows = attacks.run(shipped / "plus_int8.tflite", fuzz_serve.bombs(), slow=1100,
+                       seconds=10, rounds=2, within=2.0)
+    for name, counts, failures in rows:
+        assert counts["tried"] and not failures, (name, dict(counts), failures[:5])
+
+
 def test_the_server_verdicts_catch_what_they_are_for():
     def answer(status: int, body: bytes, content_type: str = "application/json"):
         headers = http.client.parse_headers(io.BytesIO(f"Content-Type: {content_type}\r\n\r\n"
@@ -85,7 +97,7 @@ def test_the_server_verdicts_catch_what_they_are_for():
     assert fuzz_serve.check_classify(refused, "not an image") == ("ok", "")
 
     clean = {"a case": Counter(tried=10)}
-    assert fuzz_serve.Report(clean, [], 1000, 10000, (80.0, 89.9)).passed()
-    assert not fuzz_serve.Report(clean, [], 1000, 10000, (80.0, 90.1)).passed()
+    assert fuzz_serve.Report(clean, [], 1000, 10000, (80.0, 84.9)).passed()
+    assert not fuzz_serve.Report(clean, [], 1000, 10000, (80.0, 85.1)).passed()
     assert not fuzz_serve.Report({"a case": Counter(tried=10, wrong=1)}, [], 1000, 10000,
                                  (80.0, 80.0)).passed()

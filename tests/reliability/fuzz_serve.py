@@ -33,23 +33,27 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import attacks  # noqa: E402
+import serve_process  # noqa: E402
 from serve_process import Server  # noqa: E402
 
 from runtime.classifier import Classifier  # noqa: E402
+from runtime.listener import Limits  # noqa: E402
 from runtime.preprocess import ImageError  # noqa: E402
-from runtime.server import ROUTES, Handler  # noqa: E402
 from runtime.tables import markdown_table  # noqa: E402
+from runtime.web import ROUTES  # noqa: E402
 
 HANG_S = 30  # a client that behaved waits this long for its answer
 HEALTHY_S = 5  # GET /healthz must answer within this, whatever the other clients do
-DROP_S = Handler.timeout + 10  # a stalled client must be answered or dropped by then
+HEAD_S, BODY_S = 10, 10  # the server's deadlines for a request's head and body in this run
+DROP_S = BODY_S + 10  # a stalled client must be answered or dropped by then
+HEAD_BYTES, HEADER_LINES = Limits.head_bytes, Limits.headers
 MAX_BODY_MB = 1
-RSS_GROWTH_MB = 10
+RSS_GROWTH_MB = 5
 PHOTO = ROOT / "devices" / "selftest" / "cat.jpg"
 STREAMS = ("text/event-stream", "multipart/x-mixed-replace")
 
@@ -182,12 +186,7 @@ def check_classify(answer: Answer, expected: dict | str) -> tuple[str, str]:
 
 def oracle_route(method: str, target: str, authorized: bool) -> set[str]:
     """What a body-less request may get: the server's ROUTES, read the way it reads them."""
-    if target.startswith("//"):  # http.server makes "//x" "/x" (no open redirects)
-        target = "/" + target.lstrip("/")
-    try:
-        route = urlsplit(target).path
-    except ValueError:
-        return {"refusal"}
+    route = target.split("?", 1)[0]  # the raw path, as the server matches it
     routes = ROUTES.get(route, {})
     if not (method in routes or (method == "HEAD" and "GET" in routes)):
         return {"refusal"}
@@ -204,9 +203,15 @@ class Target:
     token: str
     oracle: Oracle
     images: list[bytes]  # good ones, in several formats
+    bombs: dict[str, bytes]  # name -> a decoding bomb (see bombs())
 
-    def auth(self) -> list[tuple[str, str]]:
-        return [("Host", "127.0.0.1"), ("Authorization", f"Bearer {self.token}")]
+    def host(self) -> list[tuple[str, str]]:
+        return [("Host", f"127.0.0.1:{self.port}")]
+
+    def auth(self, image: bool = False) -> list[tuple[str, str]]:
+        """Host and token; with `image`, a Content-Type for a raw image body."""
+        return [*self.host(), ("Authorization", f"Bearer {self.token}"),
+                *([("Content-Type", "image/jpeg")] if image else [])]
 
 
 Outcome = tuple[str, str]  # (verdict, why)
@@ -244,7 +249,7 @@ def case_method_path(rng: random.Random, target: Target) -> Outcome:
                          "TRACE", junk(rng, rng.randrange(1, 12), TOKEN_CHARS[:52])])
     path = random_target(rng)
     authorized = rng.random() < 0.8
-    headers = target.auth() if authorized else [("Host", "x")]
+    headers = target.auth() if authorized else target.host()
     answer = exchange(target.port, request(method, path, headers), method)
     if len(path) > 65536 - 20:  # the request line is over the standard library's limit
         return check(answer, {"refusal"}, method)
@@ -261,13 +266,14 @@ def case_headers(rng: random.Random, target: Target) -> Outcome:
     for _ in range(rng.randrange(1, 20)):
         twist = rng.randrange(12)
         if twist == 0:
-            headers.append((junk(rng, rng.randrange(1, 30), TOKEN_CHARS), junk(rng, 40)))
+            value = junk(rng, 40)
+            headers.append((junk(rng, rng.randrange(1, 30), TOKEN_CHARS), value))
+            # h11 takes any byte in a value but NUL and whitespace other than space and tab
+            refused |= any(c in "\x0b\x0c" for c in value)
         elif twist == 1:
             headers.append(("X-Huge", "h" * rng.randrange(70000, 100000)))
-            too_long = True  # a line over 64 KiB: 431
         elif twist == 2:
             headers += [(f"X-{n}", "v") for n in range(101)]
-            too_long = True  # over 100 headers: 431
         elif twist == 3:
             headers.append(("Cookie", junk(rng, rng.randrange(200), TOKEN_CHARS + '=;," \\')))
         elif twist == 4:
@@ -290,13 +296,16 @@ def case_headers(rng: random.Random, target: Target) -> Outcome:
         elif twist == 10:
             headers += [(f"X-Long-{n}", "l" * 8000) for n in range(rng.randrange(1, 60))]
         else:
-            headers.append(("Host", junk(rng, 20)))
+            headers.append(("Host", junk(rng, 20)))  # two Host headers: refused
+            refused = True
     image = rng.choice(target.images)
     if kind == "classify":
-        raw = request("POST", "/api/classify", [("Content-Length", str(len(image))), *headers],
-                      image)
+        headers = [("Content-Length", str(len(image))), ("Content-Type", "image/png"), *headers]
+        raw = request("POST", "/api/classify", headers, image)
     else:
         raw = request("GET", "/healthz" if kind == "healthz" else "/api/info", headers)
+    too_long |= len(headers) > HEADER_LINES or sum(
+        len(name) + len(value or "") + 4 for name, value in headers) > HEAD_BYTES
     answer = exchange(target.port, raw, half_close=kind == "classify")
     if too_long:
         return check(answer, {"refusal"})
@@ -311,11 +320,11 @@ def case_headers(rng: random.Random, target: Target) -> Outcome:
 def case_content_length(rng: random.Random, target: Target) -> Outcome:
     image = rng.choice(target.images)
     length = rng.choice(["-1", "-99999", "abc", "", "1e3", "+12", "0x10", "1_000", "12.0",
-                         "\xef\xbc\x91\xef\xbc\x92", "9" * 30, f"{len(image)}, {len(image)}",
+                         "\xef\xbc\x91\xef\xbc\x92", "9" * 30, f"{len(image)}, {len(image) + 1}",
                          f"-{len(image)}", f"{len(image)}x"])
-    headers = [*target.auth(), ("Content-Length", length)]
+    headers = [*target.auth(True), ("Content-Length", length)]
     if rng.random() < 0.3:  # two lengths that disagree
-        headers = [*target.auth(), ("Content-Length", str(len(image))),
+        headers = [*target.auth(True), ("Content-Length", str(len(image))),
                    ("Content-Length", str(rng.randrange(len(image))))]
     answer = exchange(target.port, request("POST", "/api/classify", headers, image),
                       half_close=True)
@@ -328,7 +337,7 @@ def case_short_body(rng: random.Random, target: Target) -> Outcome:
     sent = image[:rng.randrange(len(image))]
     waits = rng.random() < 0.15
     answer = exchange(target.port, request("POST", "/api/classify", [
-        *target.auth(), ("Content-Length", str(len(image)))], sent), half_close=not waits,
+        *target.auth(True), ("Content-Length", str(len(image)))], sent), half_close=not waits,
         wait_s=DROP_S if waits else HANG_S)
     return check(answer, {"refusal", "drop"} if waits else {"refusal"})
 
@@ -346,12 +355,14 @@ def chunked(data: bytes, rng: random.Random) -> bytes:
 def case_transfer_encoding(rng: random.Random, target: Target) -> Outcome:
     image = rng.choice(target.images)
     coding = rng.choice(["chunked", "Chunked", "gzip, chunked", "gzip", "identity", "x"])
-    headers = [*target.auth(), ("Transfer-Encoding", coding)]
+    headers = [*target.auth(True), ("Transfer-Encoding", coding)]
     if rng.random() < 0.5:
         headers.append(("Content-Length", str(len(image))))
     body = chunked(image, rng) if "hunked" in coding else image
     answer = exchange(target.port, request("POST", "/api/classify", headers, body),
                       half_close=True)
+    if coding.lower() == "chunked":
+        return check_classify(answer, target.oracle(image))
     return check(answer, {"refusal"})
 
 
@@ -361,7 +372,7 @@ def case_random_body(rng: random.Random, target: Target) -> Outcome:
                         b"RIFF\0\0\0\0WEBP", b"II*\0", b"\0\0\0\x18ftypheic"])
     body = magic + rng.randbytes(size)
     answer = exchange(target.port, request("POST", "/api/classify", [
-        *target.auth(), ("Content-Length", str(len(body)))], body), half_close=True)
+        *target.auth(True), ("Content-Length", str(len(body)))], body), half_close=True)
     if len(body) > MAX_BODY_MB * 1_000_000:
         return check(answer, {"refusal"})
     return check_classify(answer, target.oracle(body))
@@ -379,7 +390,7 @@ def mutated(image: bytes, rng: random.Random) -> bytes:
 def case_mutated_image(rng: random.Random, target: Target) -> Outcome:
     body = mutated(rng.choice(target.images), rng)
     answer = exchange(target.port, request("POST", "/api/classify", [
-        *target.auth(), ("Content-Length", str(len(body)))], body), half_close=True)
+        *target.auth(True), ("Content-Length", str(len(body)))], body), half_close=True)
     return check_classify(answer, target.oracle(body))
 
 
@@ -415,7 +426,7 @@ def case_good_image(rng: random.Random, target: Target) -> Outcome:
     image = rng.choice(target.images)
     if rng.random() < 0.5:
         answer = exchange(target.port, request("POST", "/api/classify", [
-            *target.auth(), ("Content-Length", str(len(image)))], image))
+            *target.auth(True), ("Content-Length", str(len(image)))], image))
     else:
         answer = post_form(target, *form(image, rng))
     return check_classify(answer, target.oracle(image))
@@ -449,10 +460,9 @@ def case_bad_form(rng: random.Random, target: Target) -> Outcome:
                 b"Content-Type: " + nested.encode() + b"\r\n\r\n" + inner +
                 b"\r\n--edgeconv-boundary--\r\n")
         return check(post_form(target, content_type, body), {"answer", "refusal"})
-    else:
+    else:  # over the 64 parts a form may have
         body = b"".join(b"--edgeconv-boundary\r\nContent-Disposition: form-data; name=\"n%d\"\r\n"
-                        b"\r\nx\r\n" % n for n in range(rng.randrange(100, 3000))) + body
-        return check_classify(post_form(target, content_type, body), target.oracle(image))
+                        b"\r\nx\r\n" % n for n in range(rng.randrange(64, 3000))) + body
     return check(post_form(target, content_type, body), {"refusal"})
 
 
@@ -483,7 +493,7 @@ def case_trickle(rng: random.Random, target: Target) -> Outcome:
     image = target.images[-1]  # the smallest
     if rng.random() < 0.5:
         raw = request("POST", "/api/classify", [
-            *target.auth(), ("Content-Length", str(len(image)))], image)
+            *target.auth(True), ("Content-Length", str(len(image)))], image)
     else:
         raw = request("GET", "/api/info", target.auth())
     size = max(1, len(raw) // 60)
@@ -495,7 +505,7 @@ def case_trickle(rng: random.Random, target: Target) -> Outcome:
 
 def case_stalled(rng: random.Random, target: Target) -> Outcome:
     """Connects and says nothing, or starts a request and stops: must be dropped in time."""
-    raw = request("POST", "/api/classify", [*target.auth(), ("Content-Length", "100")])
+    raw = request("POST", "/api/classify", [*target.auth(True), ("Content-Length", "100")])
     sent = rng.choice([b"", raw[:rng.randrange(1, len(raw))]])
     answer = exchange(target.port, sent, wait_s=DROP_S)
     if answer.hung:
@@ -510,9 +520,9 @@ def case_vanish(rng: random.Random, target: Target) -> Outcome:
                       request("GET", "/metrics", target.auth()),
                       request("GET", "/events", target.auth()),
                       request("POST", "/api/classify", [
-                          *target.auth(), ("Content-Length", str(len(image)))], image),
+                          *target.auth(True), ("Content-Length", str(len(image)))], image),
                       request("POST", "/api/classify", [
-                          *target.auth(), ("Content-Length", str(len(image)))], image[:100]),
+                          *target.auth(True), ("Content-Length", str(len(image)))], image[:100]),
                       b"NOT HTTP AT ALL\r\n\r\n"])
     with socket.create_connection(("127.0.0.1", target.port), timeout=HANG_S) as sock:
         if rng.random() < 0.5:  # close with a reset, not a FIN
@@ -534,7 +544,7 @@ def case_keep_alive(rng: random.Random, target: Target) -> Outcome:
     raw = {"healthz": request("GET", "/healthz", target.auth()),
            "info": request("GET", "/api/info", target.auth()),
            "image": request("POST", "/api/classify", [
-               *target.auth(), ("Content-Length", str(len(image)))], image),
+               *target.auth(True), ("Content-Length", str(len(image)))], image),
            "missing": request("GET", "/no/such/route", target.auth()),
            "head": request("HEAD", "/api/history", target.auth())}
     with socket.create_connection(("127.0.0.1", target.port), timeout=HANG_S) as sock:
@@ -554,6 +564,129 @@ def case_keep_alive(rng: random.Random, target: Target) -> Outcome:
     return "ok", ""
 
 
+# --- the network attacker's cases --------------------------------------------------------
+
+def exactly(answer: Answer, status: int, why: str) -> Outcome:
+    """A refusal with exactly `status` (one line of JSON), for attacks that must be refused
+    for a given reason and no other."""
+    verdict, reason = check(answer, {"refusal"})
+    if verdict == "ok" and answer.status != status:
+        return "wrong", f"{answer.status} {answer.body[:200]!r}, expected {status} ({why})"
+    return verdict, reason
+
+
+def case_rebinding(rng: random.Random, target: Target) -> Outcome:
+    """DNS rebinding: a page on another name reaches the loopback server: 421 on any route."""
+    host = rng.choice(["attacker.example", f"attacker.example:{target.port}", "127.0.0.1",
+                       f"localhost:{target.port + 1}", f"127.0.0.1.nip.io:{target.port}",
+                       f"[::1]:{target.port}0", "", junk(rng, 12, TOKEN_CHARS)])
+    route = rng.choice(list(ROUTES))
+    method = next(iter(ROUTES[route]))
+    headers = [("Host", host), ("Authorization", f"Bearer {target.token}")]
+    image = rng.choice(target.images)
+    body = image if method == "POST" else b""
+    if body:
+        headers += [("Content-Type", "image/jpeg"), ("Content-Length", str(len(body)))]
+    return exactly(exchange(target.port, request(method, route, headers, body), method), 421,
+                   f"Host {host!r}")
+
+
+def case_cross_site(rng: random.Random, target: Target) -> Outcome:
+    """A page on another site: a no-cors fetch (text/plain blob), a form post, an image or
+    event source; with a foreign Origin, or Sec-Fetch-Site cross-site / same-site."""
+    image = rng.choice(target.images)
+    site = rng.choice([[("Origin", "http://attacker.example")], [("Origin", "null")],
+                       [("Origin", f"http://localhost:{target.port + 1}")],
+                       [("Sec-Fetch-Site", "cross-site")], [("Sec-Fetch-Site", "same-site")],
+                       [("Origin", "http://attacker.example"), ("Sec-Fetch-Site", "cross-site"),
+                        ("Sec-Fetch-Mode", "no-cors")]])
+    if rng.random() < 0.6:
+        content_type, body = rng.choice([
+            ("text/plain;charset=UTF-8", image), ("image/jpeg", image),
+            form(image, rng), ("application/x-www-form-urlencoded", b"file=x")])
+        raw = request("POST", "/api/classify", [*target.auth(), *site, (
+            "Content-Type", content_type), ("Content-Length", str(len(body)))], body)
+        return exactly(exchange(target.port, raw, "POST"), 403, "cross-site POST")
+    route = rng.choice(["/stream.mjpg", "/events", "/api/info", "/api/history", "/metrics"])
+    return exactly(exchange(target.port, request("GET", route, [*target.auth(), *site])), 403,
+                   f"cross-site GET {route}")
+
+
+def case_not_an_image_type(rng: random.Random, target: Target) -> Outcome:
+    """The API takes image types or a form: 415 for any other body, whatever it holds."""
+    image = rng.choice(target.images)
+    content_type = rng.choice(["text/plain", "application/x-www-form-urlencoded",
+                               "application/octet-stream", "application/json", None])
+    headers = [*target.auth(), ("Content-Length", str(len(image)))]
+    if content_type:
+        headers.append(("Content-Type", content_type))
+    return exactly(exchange(target.port, request("POST", "/api/classify", headers, image),
+                            "POST"), 415, f"a body of {content_type}")
+
+
+def case_empty_token(rng: random.Random, target: Target) -> Outcome:
+    """An empty or blank token in every place one is read, and ?token= off the page: 401."""
+    route = rng.choice(["/api/info", "/api/history", "/metrics", "/events", "/stream.mjpg"])
+    offer = rng.choice([("Cookie", "edgeconv_token="), ("Cookie", "edgeconv_token= "),
+                        ("Authorization", "Bearer "), ("Authorization", "Bearer"),
+                        ("Authorization", "bearer  "), ("Cookie", "a=b; edgeconv_token=;")])
+    if rng.random() < 0.3:
+        route, offer = f"{route}?token={target.token}", ("X-Nothing", "")
+    return exactly(exchange(target.port, request("GET", route, [*target.host(), offer])), 401,
+                   f"{offer} on {route}")
+
+
+def case_bomb(rng: random.Random, target: Target) -> Outcome:
+    """A decoding bomb (by bytes, not pixels) or a JPEG of thousands of scans: refused with
+    the Python API's own reason."""
+    name = rng.choice(list(target.bombs))
+    body = target.bombs[name]
+    answer = exchange(target.port, request("POST", "/api/classify", [
+        *target.auth(True), ("Content-Length", str(len(body)))], body), "POST")
+    return check_classify(answer, target.oracle(body))
+
+
+def case_nested_form(rng: random.Random, target: Target) -> Outcome:
+    """Forms nested in the 'file' field, 2 to 1,000 deep: one level is parsed, the rest is
+    bytes that are not an image."""
+    depth = rng.randrange(2, 1000)
+    body = b""
+    for level in range(depth, 0, -1):
+        body = (f"--b{level}\r\nContent-Disposition: form-data; name=\"file\"\r\nContent-Type:"
+                f" multipart/form-data; boundary=b{level + 1}\r\n\r\n").encode() + body + \
+            f"\r\n--b{level}--\r\n".encode()
+    answer = post_form(target, "multipart/form-data; boundary=b1", body)
+    return exactly(answer, 400, "a nested form") if len(body) <= MAX_BODY_MB * 1_000_000 \
+        else exactly(answer, 413, "too large")
+
+
+def case_slow_head(rng: random.Random, target: Target) -> Outcome:
+    """Headers one line at a time, slower than the server's head deadline: dropped by then."""
+    gap = rng.uniform(0.5, 2.0)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", target.port), timeout=HEAD_S + 5) as sock:
+        try:
+            sock.sendall(b"GET /api/info HTTP/1.1\r\n")
+            while time.monotonic() - started < HEAD_S + 5:
+                time.sleep(gap)
+                sock.sendall(b"X-Slow: %d\r\n" % rng.randrange(1000))
+            return "hang", f"a slow head still open after {HEAD_S + 5} s"
+        except OSError:
+            pass  # closed on us: dropped
+    if time.monotonic() - started < HEAD_S - 1:
+        return "wrong", f"dropped after {time.monotonic() - started:.1f} s, before the deadline"
+    return "ok", ""
+
+
+def case_slow_body(rng: random.Random, target: Target) -> Outcome:
+    """The head at once, then a body that never ends in time: 408 at the body deadline."""
+    image = rng.choice(target.images)
+    head = request("POST", "/api/classify", [*target.auth(True), ("Content-Length",
+                                                                  str(len(image) + 10))])
+    chunks = [head, image[:rng.randrange(len(image))]]
+    return exactly(exchange(target.port, chunks, "POST", wait_s=BODY_S + 10), 408, "slow body")
+
+
 CASES: dict[str, tuple[int, Callable[[random.Random, Target], Outcome]]] = {
     # name: (weight in the mix, case)
     "random method, path and query": (15, case_method_path),
@@ -571,6 +704,15 @@ CASES: dict[str, tuple[int, Callable[[random.Random, Target], Outcome]]] = {
     "stalled client: says nothing, or stops mid-request": (1, case_stalled),
     "client leaves mid-request or mid-answer (FIN or reset)": (6, case_vanish),
     "several requests on one connection, pipelined": (5, case_keep_alive),
+    "rebinding: a Host that is not the server's own (421)": (6, case_rebinding),
+    "cross-site: no-cors fetch, form post, img/EventSource from another site (403)":
+        (6, case_cross_site),
+    "a body that is not an image type or a form (415)": (3, case_not_an_image_type),
+    "empty or blank token, ?token= off the page (401)": (3, case_empty_token),
+    "decoding bombs: 16-bit, RGBA, mode-I TIFF 8000x8000; a 2,000-scan JPEG": (3, case_bomb),
+    "multipart forms nested 2-1,000 deep": (2, case_nested_form),
+    "slow head: a header line every 0.5-2 s (dropped at the deadline)": (1, case_slow_head),
+    "slow body: never all of it (408 at the deadline)": (1, case_slow_body),
 }
 
 
@@ -594,6 +736,25 @@ def good_images() -> list[bytes]:
             encoded(photo.convert("L"), "JPEG"), encoded(photo, "JPEG", exif=rotated),
             encoded(photo.resize((2400, 1800)), "JPEG", quality=70),
             encoded(photo.resize((48, 36)), "JPEG")]
+
+
+def bombs() -> dict[str, bytes]:
+    """Files of a few hundred KB that decode to over 100 MB each (Pillow's pixel guard passes
+    them), and a JPEG of 2,000 empty scans (minutes of CPU before the budget)."""
+    from PIL import Image
+
+    def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **options)
+        return buffer.getvalue()
+
+    progressive = encoded(Image.open(PHOTO), "JPEG", progressive=True)
+    return {"16-bit PNG": encoded(Image.new("I;16", (8000, 8000), 40000), "PNG"),
+            "RGBA PNG": encoded(Image.new("RGBA", (8000, 8000), (9, 9, 9, 9)), "PNG"),
+            "mode-I TIFF": encoded(Image.new("I", (8000, 8000)), "TIFF",
+                                   compression="tiff_deflate"),
+            "2,000-scan JPEG": progressive[:-2] + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+            * 2000 + b"\xff\xd9"}
 
 
 VERDICTS = ("crash", "hang", "wrong", "lost")
@@ -640,8 +801,11 @@ def fuzz(model: Path, requests: int, seed: int = 0, workers: int = 16) -> Report
                 failures.append(f"{name}: {verdict}: {why}")
 
     token = secrets.token_urlsafe(16)
-    server = Server(model, "--token", token, "--max-body", str(MAX_BODY_MB))
-    target = Target(server.port, token, Oracle(model), good_images())
+    deadlines = ["--head-timeout", str(HEAD_S), "--body-timeout", str(BODY_S)]
+    if "--head-timeout" not in serve_process.SERVE.read_text():  # a server from before them
+        deadlines = []
+    server = Server(model, "--token", token, "--max-body", str(MAX_BODY_MB), *deadlines)
+    target = Target(server.port, token, Oracle(model), good_images(), bombs())
 
     def attempt(index: int) -> None:
         rng = random.Random(f"{seed}:{index}")
@@ -655,7 +819,7 @@ def fuzz(model: Path, requests: int, seed: int = 0, workers: int = 16) -> Report
         record(name, verdict, f"request {index} (seed {seed}): {why}")
 
     def healthy() -> None:
-        answer = exchange(server.port, request("GET", "/healthz", [("Host", "x")]),
+        answer = exchange(server.port, request("GET", "/healthz", target.host()),
                           wait_s=HEALTHY_S)
         verdict, why = check(answer, {"answer"})
         record(HEALTH_ROW, verdict, f"no answer in {HEALTHY_S} s" if answer.hung else why)
@@ -696,16 +860,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "plus_int8.tflite")
     parser.add_argument("--workers", type=int, default=16,
                         help="client threads at once (default: %(default)s)")
+    parser.add_argument("--slow-clients", type=int, default=2000,
+                        help="slow clients in the file-limit scenario (default: %(default)s)")
+    parser.add_argument("--slow-seconds", type=float, default=30,
+                        help="how long they stay (default: %(default)s)")
+    parser.add_argument("--bomb-rounds", type=int, default=25,
+                        help="rounds of 4 bombs at once (default: %(default)s)")
+    parser.add_argument("--serve", type=Path, default=serve_process.SERVE,
+                        help="the runtime/serve to attack, e.g. an older checkout's "
+                        "(default: this checkout's)")
     args = parser.parse_args(argv)
+    serve_process.SERVE = args.serve
     if args.requests < 2:
         parser.error("--requests must be at least 2")
     started = time.monotonic()
     report = fuzz(args.model, args.requests, args.seed, args.workers)
     print(markdown_table(HEADER, report.rows()))
-    print(f"\n{report.rss_line()}; {time.monotonic() - started:.0f} s")
-    for failure in report.failures[:50]:
+    print(f"\n{report.rss_line()}; {time.monotonic() - started:.0f} s\n")
+    scenarios = attacks.run(args.model, bombs(), args.slow_clients, args.slow_seconds,
+                            args.bomb_rounds)
+    print(markdown_table(HEADER, [[name, counts["tried"], *(counts[v] for v in VERDICTS)]
+                                  for name, counts, _ in scenarios]))
+    failures = report.failures + [line for *_, lines in scenarios for line in lines]
+    for failure in failures[:50]:
         print(f"FAILED {failure}", file=sys.stderr)
-    return 0 if report.passed() else 1
+    return 0 if report.passed() and not any(lines for *_, lines in scenarios) else 1
 
 
 if __name__ == "__main__":
