@@ -273,6 +273,9 @@ def emulated(real_data, float_models, shipped, tmp_path_factory) -> dict[str, Fu
     return jobs
 
 
+ONNX_ARM_LOGIT_STEPS = 4
+
+
 def int8_tolerance(model: Path) -> float:
     """One quantization step of the model's output. TFLite's int8 sigmoid maps int8 to int8,
     so that is the output's scale; ONNX Runtime runs the sigmoid in float between the logit's
@@ -290,7 +293,10 @@ def int8_tolerance(model: Path) -> float:
     sigmoid = next(node for node in graph.node if node.op_type == "Sigmoid")
     logit = next(node for node in graph.node if node.output[0] == sigmoid.input[0])
     output = next(node for node in reversed(graph.node) if node.op_type == "DequantizeLinear")
-    return float(scales[logit.input[1]] / 4 + scales[output.input[1]]) + 1e-6
+    # ONNX Runtime's Arm int8 kernels requantize with other rounding than x86's: the shipped
+    # plus model (percentile calibration, uint8) differed by up to 3 logit steps on arm64.
+    return float(ONNX_ARM_LOGIT_STEPS * scales[logit.input[1]] / 4 + scales[output.input[1]]
+                 ) + 1e-6
 
 
 def largest_difference(what: str, guest: dict, host: dict, tolerance: float) -> float:
