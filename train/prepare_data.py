@@ -235,11 +235,7 @@ def prepare_own(source: Path, out: Path, sizes: dict[str, Amount], seed: int,
             "skipped": dict(sorted(skipped.items())),
             "data_sha256": data_digest({row["file"]: row["sha256"] for row in rows}),
         }
-        write_json(staging / "prepare.json", summary)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-        return summary
+        return publish(staging, out, summary)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -296,11 +292,7 @@ def prepare(source: Path, out: Path, sizes: dict[str, int]) -> dict:
             admitted[folder] = dict(sizes)
         summary = {"source": str(source), "splits": sizes, "admitted": admitted,
                    "skipped": dict(sorted(skipped.items()))}
-        write_json(staging / "prepare.json", summary)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-        return summary
+        return publish(staging, out, summary)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -384,5 +376,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def publish(staging: Path, out: Path, summary: dict) -> dict:
+    """Write prepare.json into the finished staging folder and put it in `out`'s place."""
+    write_json(staging / "prepare.json", summary)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return summary
+
+
 if __name__ == "__main__":
     sys.exit(main())
+
