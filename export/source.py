@@ -61,6 +61,13 @@ class Source:
         outputs = self.model.output_shape[-1]
         return [f"class_{i}" for i in range(max(outputs, 2))]
 
+    @functools.cached_property
+    def confidence(self) -> dict | None:
+        """The run's confidence.json (train/confidence.py: temperature, none head, figures),
+        or None for a run made without one."""
+        path = self.run_dir / "confidence.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
     @property
     def input_size(self) -> tuple[int, int]:
         return tuple(self.model.input_shape[1:3])
