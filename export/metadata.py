@@ -21,7 +21,10 @@ def build_metadata(source: Source, *, fmt: str, quantization: str, input_dtype: 
     output = {"activation": "sigmoid" if binary else "softmax",
               "threshold": 0.5 if binary else None}
     confidence = source.confidence
-    if confidence:  # runtime/confidence.py reads these two
+    if confidence:  # runtime/confidence.py reads these two; paths stay on this machine
+        confidence = {key: value for key, value in confidence.items() if key != "from_run"}
+        confidence["none"] = {key: value for key, value in confidence["none"].items()
+                              if key != "negatives_path"}
         output["temperature"] = confidence["temperature"]
         output["none"] = {"column": class_columns(len(source.labels)),
                           "threshold": confidence["none"]["threshold"]}

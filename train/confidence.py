@@ -43,43 +43,69 @@ from runtime.tables import markdown_table, percent  # noqa: E402
 from train.backend import import_keras  # noqa: E402
 
 TARGET_VALIDATION_NONE = 0.01  # the share of validation cats and dogs the cut may call none
-L2 = 1e-3
+HEAD_WIDTH = 128
+HEAD_EPOCHS = 12
 BATCH = 64
 
 
-def features_model(model):
-    """The run's model with two outputs: its own, and the pooled features of every stage."""
+def stage_model(model):
+    """The run's model with two outputs: its own, and the output of its second-to-last
+    residual stage (where the none head branches off)."""
     keras = import_keras()
     stages = [layer.output for layer in model.layers if isinstance(layer, keras.layers.Add)]
-    if not stages:
-        raise SystemExit(f"error: {model.name}: no residual stages to pool features from")
-    pooled = [keras.layers.GlobalAveragePooling2D(name=f"none_pool_{i}")(stage)
-              for i, stage in enumerate(stages)]
-    features = keras.layers.Concatenate(name="none_features")(pooled)
-    return keras.Model(model.inputs, [model.outputs[0], features])
+    if len(stages) < 2:
+        raise SystemExit(f"error: {model.name}: needs residual stages to branch a none head from")
+    return keras.Model(model.inputs, [model.outputs[0], stages[-2]])
 
 
-def with_none_head(features: object, model, weights: np.ndarray, bias: float):
-    """`model` with one more output column: P(none) from a Dense on the pooled features."""
+def none_head(shape: tuple[int, ...]):
+    """A small convolutional head: a stage's feature map -> P(none of the classes)."""
     keras = import_keras()
-    head = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="none")
-    none = head(features.outputs[1])
+    L = keras.layers
+    head = keras.Sequential([
+        keras.Input(shape=shape),
+        L.SeparableConv2D(HEAD_WIDTH, 3, padding="same", use_bias=False, name="none_conv_1"),
+        L.BatchNormalization(name="none_norm_1"), L.Activation("relu", name="none_relu_1"),
+        L.SeparableConv2D(HEAD_WIDTH, 3, padding="same", use_bias=False, name="none_conv_2"),
+        L.BatchNormalization(name="none_norm_2"), L.Activation("relu", name="none_relu_2"),
+        L.GlobalAveragePooling2D(name="none_pool"), L.Dropout(0.3, name="none_dropout"),
+        L.Dense(1, activation="sigmoid", dtype="float32", name="none")], name="none_head")
+    return head
+
+
+def train_head(head, maps: np.ndarray, is_none: np.ndarray, seed: int = 0) -> None:
+    """Fit the head on stage maps (flipped left-right at random), classes balanced."""
+    keras = import_keras()
+    keras.utils.set_random_seed(seed)
+    weights = {0: 0.5 / (1 - is_none.mean()), 1: 0.5 / is_none.mean()}
+    flipped = np.concatenate([maps, maps[:, :, ::-1]])
+    labels = np.concatenate([is_none, is_none]).astype(np.float32)
+    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    head.fit(flipped, labels, batch_size=64, epochs=HEAD_EPOCHS, class_weight=weights,
+             verbose=0, shuffle=True)
+
+
+def with_none_head(stages, head, shift: float):
+    """The model with one more output column, P(none), from the head on its stage output;
+    the head's bias moved by -`shift` (its cut, as a logit, then sits at P(none) 0.5)."""
+    keras = import_keras()
+    dense = head.get_layer("none")
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel, bias - shift])
     joined = keras.layers.Concatenate(name="with_none", dtype="float32")(
-        [features.outputs[0], none])
-    head.set_weights([weights.reshape(-1, 1).astype(np.float32),
-                      np.array([bias], np.float32)])
-    return keras.Model(model.inputs, joined, name=f"{model.name}_with_none")
+        [stages.outputs[0], head(stages.outputs[1])])
+    return keras.Model(stages.inputs, joined, name=f"{stages.name}_with_none")
 
 
-def run_on(features, files: list[Path], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(P(class 1) [N], pooled features [N, d]) for the files."""
-    probabilities, pooled = [], []
+def run_on(model, files: list[Path], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(P(class 1) [N], stage maps [N, h, w, c] as float16) for the files."""
+    probabilities, maps = [], []
     for start in range(0, len(files), BATCH):
         images = np.stack([load_image(path, size) for path in files[start:start + BATCH]])
-        p, f = features.predict(images, verbose=0)
+        p, m = model.predict(images, verbose=0)
         probabilities.append(p[:, 0])
-        pooled.append(f)
-    return np.concatenate(probabilities), np.concatenate(pooled)
+        maps.append(m.astype(np.float16))
+    return np.concatenate(probabilities), np.concatenate(maps)
 
 
 def fit_temperature(p: np.ndarray, truth: np.ndarray) -> float:
@@ -96,25 +122,20 @@ def fit_temperature(p: np.ndarray, truth: np.ndarray) -> float:
     return float(np.exp((low + high) / 2))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, steps: int = 25
-                 ) -> tuple[np.ndarray, float]:
-    """Class-balanced L2 logistic regression by Newton's method on standardized features;
-    returns weights and bias for the raw features."""
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-3
-    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))]).astype(np.float64)
-    weight = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
-    penalty = np.full(z.shape[1], l2 * len(x))
-    penalty[-1] = 0.0  # the bias is not penalized
-    w = np.zeros(z.shape[1])
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-np.clip(z @ w, -30, 30)))
-        gradient = z.T @ (weight * (p - y)) + penalty * w
-        hessian = (z * (weight * p * (1 - p))[:, None]).T @ z + np.diag(penalty)
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if np.abs(step).max() < 1e-6:
-            break
-    return w[:-1] / std, float(w[-1] - (mean / std) @ w[:-1])
+def fit_none_head(maps: dict[str, np.ndarray], fit: list[str]) -> tuple[object, dict]:
+    """A none head trained on maps["train"] (cats and dogs) against the `fit` negatives;
+    and its logit for every photo of every set in `maps`."""
+    x = np.concatenate([maps["train"], *(maps[name] for name in fit)])
+    y = np.concatenate([np.zeros(len(maps["train"])),
+                        np.ones(sum(len(maps[name]) for name in fit))])
+    head = none_head(x.shape[1:])
+    train_head(head, x, y)
+    logits = {}
+    for name, values in maps.items():
+        p = np.clip(head.predict(values, batch_size=256, verbose=0)[:, 0].astype(np.float64),
+                    1e-7, 1 - 1e-7)
+        logits[name] = np.log(p) - np.log1p(-p)
+    return head, logits
 
 
 def none_cut(validation_logits: np.ndarray) -> float:
@@ -171,14 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     fit, check = split_negatives(args.negatives, args.check)
     keras = import_keras()
     model = keras.saving.load_model(args.run_dir / "model.keras")
-    features = features_model(model)
+    stages = stage_model(model)
     size = tuple(model.input_shape[1:3])
     files = {split: list_images(data / split) for split in ("train", "validation", "test")}
     files |= {name: list_images(args.negatives / name) for name in fit + check}
     found = {}
     for name, paths in files.items():
         print(f"features: {name} ({len(paths)} photos)", file=sys.stderr, flush=True)
-        found[name] = run_on(features, paths, size)
+        found[name] = run_on(stages, paths, size)
     truth = {split: truth_of(files[split], classes) for split in ("train", "validation", "test")}
 
     temperature = fit_temperature(found["validation"][0], truth["validation"])
@@ -187,36 +208,30 @@ def main(argv: list[str] | None = None) -> int:
     raw_ece = expected_calibration_error(top_scores(p_test), right)
     ece = expected_calibration_error(top_scores(calibrated(p_test, temperature)), right)
 
-    x = np.concatenate([found["train"][1], *(found[name][1] for name in fit)])
-    y = np.concatenate([np.zeros(len(files["train"])),
-                        np.ones(sum(len(files[name]) for name in fit))])
-    weights, bias = fit_logistic(x, y)
-    bias -= none_cut(found["validation"][1] @ weights + bias)  # the cut at P(none) 0.5
-
-    def none_share(name: str) -> float:
-        return float(np.mean(found[name][1] @ weights + bias >= 0))
-
-    test_none = found["test"][1] @ weights + bias >= 0
-    answered = ~test_none
-    rates = {name: none_share(name) for name in files}
+    head, logits = fit_none_head({name: maps for name, (_, maps) in found.items()}, fit)
+    cut = none_cut(logits["validation"])
+    rates = {name: float(np.mean(values >= cut)) for name, values in logits.items()}
+    answered = logits["test"] < cut
 
     def pooled(names: list[str]) -> float:
         return round(sum(rates[name] * len(files[name]) for name in names)
                      / sum(len(files[name]) for name in names), 4)
 
     report = {
-        "temperature": round(temperature, 4),
+        "from_run": str(args.run_dir), "temperature": round(temperature, 4),
         "ece_bins": 15, "test_ece_before": round(raw_ece, 4), "test_ece_after": round(ece, 4),
         "none": {
-            "method": "logistic regression on the frozen network's pooled stage features, "
-                      "trained on the training photos against the fit negatives",
-            "negatives": args.negatives.name, "fit_folders": fit, "check_folders": check,
+            "method": f"a convolutional head ({HEAD_WIDTH} wide, {HEAD_EPOCHS} epochs) on the "
+                      "frozen network's second-to-last stage, trained on the training photos "
+                      "against the fit negatives",
+            "negatives": args.negatives.name, "negatives_path": str(args.negatives),
+            "fit_folders": fit, "check_folders": check,
             "threshold": 0.5, "target_validation_none": TARGET_VALIDATION_NONE,
             "rates": {name: round(rate, 4) for name, rate in rates.items()},
             "check_negatives_none": pooled(check),
             "check_negatives": sum(len(files[name]) for name in check),
             "fit_negatives_none": pooled(fit),
-            "test_none": round(float(test_none.mean()), 4),
+            "test_none": round(rates["test"], 4),
             "test_accuracy_answered": round(float(right[answered].mean()), 4),
             "test_answered": int(answered.sum()),
         },
@@ -224,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in ("run.json", "metrics.json"):
         shutil.copyfile(args.run_dir / name, args.out / name)
-    with_none_head(features, model, weights, bias).save(args.out / "model.keras")
+    with_none_head(stages, head, cut).save(args.out / "model.keras")
     write_json(args.out / "confidence.json", report)
     plot_reliability(reliability_bins(top_scores(p_test), right),
                      reliability_bins(top_scores(calibrated(p_test, temperature)), right),
