@@ -91,3 +91,26 @@ def test_classify_eval_prints_calibration_error_and_none_shares(shipped, real_da
     assert "expected calibration error (ECE, 15 bins)" in result.stderr
     assert "before it" in result.stderr  # the raw scores' error, next to the calibrated one
     assert f"of {len(others)} photos outside class folders" in result.stderr
+
+
+@pytest.mark.slow
+def test_int8_files_give_keras_none_decisions_on_99_percent_of_photos(shipped, real_data,
+                                                                       negatives, tmp_path):
+    """plus_int8.tflite and .onnx against plus.keras, end to end from the JPEGs, on half the
+    test cats and dogs and half the negatives (every source folder)."""
+    from export import parity
+    from export.source import Source
+
+    for kind in ("cats", "dogs"):
+        (tmp_path / kind).mkdir()
+        for path in sorted((real_data / "test" / kind).iterdir())[::2]:
+            (tmp_path / kind / path.name).symlink_to(path)
+    for folder in sorted(negatives.iterdir()):
+        (tmp_path / "negatives" / folder.name).mkdir(parents=True)
+        for path in sorted(folder.iterdir())[::2]:
+            (tmp_path / "negatives" / folder.name / path.name).symlink_to(path)
+    found = parity.check(Source(shipped / "plus.keras"),
+                         [shipped / "plus_int8.tflite", shipped / "plus_int8.onnx"], tmp_path)
+    for row in found.rows:
+        assert row["none_agreement"] >= 0.99, row["artifact"]
+        assert row["images"] == 500 + 360
