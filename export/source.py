@@ -87,8 +87,10 @@ def calibration_set(source: Source, folder: Path | None, count: int) -> tuple[np
     training. Default folder: the run's training split, and for a run with a none head a
     quarter of the images from the negatives that trained it (without them int8 would clip
     the head's activations to the ranges pets give, and P(none) could never reach 0.5)."""
-    negatives = none_fit_files(source) if folder is None else []
-    folder = folder or source.data_split("train")
+    training = source.data_split("train")
+    folder = folder or training
+    negatives = none_fit_files(source) if folder and training and \
+        folder.resolve() == training.resolve() else []
     if folder is None:
         raise ExportError("no calibration images: pass --calibration DIR (the run does not "
                           "record its training data)")

@@ -52,6 +52,7 @@ def test_shipped_plus_answers_none_for_negatives_it_never_saw(shipped, real_data
                                                               name):
     classifier = Classifier(shipped / name)
     assert classifier.confidence.none_column == 1 and classifier.confidence.temperature != 1
+    assert "fit negatives" in classifier.metadata["calibration"]["name"]  # int8 saw them
     unseen = check_photos(negatives, classifier.metadata, every=4)
     pets = sorted((real_data / "test" / "cats").iterdir())[:25] + \
         sorted((real_data / "test" / "dogs").iterdir())[:25]
