@@ -131,7 +131,7 @@ def compare(name: str, classifier: Classifier, found: Parity, outputs: np.ndarra
         scores = top_scores(confidence.calibrate(outputs[known]))
         extra["ece"] = expected_calibration_error(
             scores, decide(outputs[known], threshold) == truth[known])
-    return {**extra,"artifact": name, "quantization": classifier.metadata["quantization"],
+    return {**extra, "artifact": name, "quantization": classifier.metadata["quantization"],
             "images": int(readable.sum()), "threshold": threshold,
             "reference_accuracy": ref_accuracy, "artifact_accuracy": art_accuracy,
             "agreement": agreement, "max_abs_dp": float(dp.max()),
