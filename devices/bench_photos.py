@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a plain clone
+from edgeconv.runtime.camera import classified_frames
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.preprocess import list_images, load_image
+from edgeconv.runtime.progress import progress
+from edgeconv.runtime.tables import markdown_table
 
-from runtime.camera import classified_frames  # noqa: E402
-from runtime.classifier import Classifier  # noqa: E402
-from runtime.preprocess import list_images, load_image  # noqa: E402
-from runtime.progress import progress  # noqa: E402
-from runtime.tables import markdown_table  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_large(photos: list[Path], folder: Path, megapixels: float) -> list[Path]:

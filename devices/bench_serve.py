@@ -28,11 +28,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a plain clone
+from edgeconv.runtime.preprocess import list_images
+from edgeconv.runtime.tables import markdown_table
 
-from runtime.preprocess import list_images  # noqa: E402
-from runtime.tables import markdown_table  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

@@ -23,11 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a plain clone
+from edgeconv.runtime.metadata import ModelFileError, read_metadata
+from edgeconv.runtime.text import display
 
-from runtime.metadata import ModelFileError, read_metadata  # noqa: E402
-from runtime.text import display  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SELFTEST_PHOTO = ROOT / "devices" / "selftest" / "cat.jpg"
 SHIPPED_MODEL = ROOT / "models" / "plus_int8.tflite"
@@ -133,7 +132,7 @@ def _text(data) -> str:
 def expected_label(model: Path) -> str | None:
     """The label this machine gives the self-test photo, when it has an engine for the model."""
     try:
-        from runtime.classifier import Classifier
+        from edgeconv.runtime.classifier import Classifier
 
         return Classifier(model).predict(SELFTEST_PHOTO).label
     except Exception as error:  # no local engine: the device still checks it classifies

@@ -104,6 +104,11 @@ say "python packages: ${packages[*]}"
 installed="$("$venv/bin/pip" install --disable-pip-version-check "${packages[@]}" |
              sed -n 's/^Successfully installed //p')"
 [ -z "$installed" ] || say "python packages installed: $installed"
+# The code's import name, edgeconv (edgeconv.runtime, edgeconv.devices), without installing the
+# project: a package in the venv whose runtime/ and devices/ are links to this clone's folders.
+# deploy.py and the fleet swap those folders by rename, so the links follow a code update and
+# its rollback.
+"$venv/bin/python" -I "$here/link_package.py" "$root" || die "cannot link the edgeconv package"
 
 if [ -n "$model" ]; then
   [ -f "$model" ] || die "model $model not found"

@@ -14,10 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from export import formats  # noqa: E402
-from export.source import ExportError, Source  # noqa: E402
+from edgeconv.export import formats
+from edgeconv.export.source import ExportError, Source
 
 
 def main(argv: list[str] | None = None) -> int:

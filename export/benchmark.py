@@ -22,15 +22,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from export import formats, parity  # noqa: E402
-from export.source import ExportError, Source  # noqa: E402
-from runtime.classifier import Classifier  # noqa: E402
-from runtime.engines import EngineError  # noqa: E402
-from runtime.files import atomic_path, write_json  # noqa: E402
-from runtime.metadata import ModelFileError  # noqa: E402
-from runtime.tables import markdown_table, percent  # noqa: E402
+from edgeconv.export import formats, parity
+from edgeconv.export.source import ExportError, Source
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.engines import EngineError
+from edgeconv.runtime.files import atomic_path, write_json
+from edgeconv.runtime.metadata import ModelFileError
+from edgeconv.runtime.tables import markdown_table, percent
 
 BATCHES = "1,8,32"
 KERAS = "Keras"
@@ -71,7 +69,7 @@ def new_row(name: str, path: Path, macs: int) -> dict:
 def benchmark(source: Source, data: Path, threads: list[int], repeat: int,
               names: list[str]) -> list[dict]:
     """Rows for the run's Keras model and its artifacts whose format is in `names`."""
-    from train.model import count_macs
+    from edgeconv.train.model import count_macs
 
     macs = count_macs(source.model)
     outcomes = formats.export_missing(source, names)
@@ -149,7 +147,7 @@ def hardware_lines(rows: list[dict]) -> str:
 
 
 def bar_chart(rows: list[dict], threads: list[int], path: Path) -> None:
-    from train.plots import pyplot, save_figure
+    from edgeconv.train.plots import pyplot, save_figure
 
     shown = [r for r in rows if r["ms_p50"]]
     several = len({r["run"] for r in shown}) > 1

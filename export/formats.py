@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from export import to_onnx, to_tflite
-from export.source import Source
+from edgeconv.export import to_onnx, to_tflite
+from edgeconv.export.source import Source
 
 
 @dataclass(frozen=True)

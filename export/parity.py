@@ -20,18 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from export.source import ExportError, Source  # noqa: E402
-from runtime.classifier import Classifier  # noqa: E402
-from runtime.engines import EngineError  # noqa: E402
-from runtime.evaluate import accuracy, decide, labelled_images  # noqa: E402
-from runtime.files import atomic_path, write_json  # noqa: E402
-from runtime.metadata import ModelFileError  # noqa: E402
-from runtime.preprocess import ImageError, load_image  # noqa: E402
-from runtime.progress import progress  # noqa: E402
-from runtime.system import cpu_flags, cpu_name  # noqa: E402
-from runtime.tables import markdown_table, percent  # noqa: E402
+from edgeconv.export.source import ExportError, Source
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.engines import EngineError
+from edgeconv.runtime.evaluate import accuracy, decide, labelled_images
+from edgeconv.runtime.files import atomic_path, write_json
+from edgeconv.runtime.metadata import ModelFileError
+from edgeconv.runtime.preprocess import ImageError, load_image
+from edgeconv.runtime.progress import progress
+from edgeconv.runtime.system import cpu_flags, cpu_name
+from edgeconv.runtime.tables import markdown_table, percent
 
 BATCH = 32
 # The CPU features that decide which int8 kernels an engine runs (x86 and Arm).
@@ -158,7 +156,7 @@ def machine() -> dict:
 
 
 def scatter(path: Path, name: str, reference: np.ndarray, outputs: np.ndarray) -> None:
-    from train.plots import pyplot, save_figure
+    from edgeconv.train.plots import pyplot, save_figure
 
     figure, axes = pyplot().subplots(figsize=(4.5, 4.5))
     axes.scatter(reference.ravel(), outputs.ravel(), s=4, alpha=0.5)

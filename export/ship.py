@@ -19,15 +19,13 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from export import formats, parity  # noqa: E402
-from export.cli import agreement_share  # noqa: E402
-from export.source import ExportError, Source  # noqa: E402
-from runtime.files import atomic_path, write_json  # noqa: E402
-from runtime.metadata import read_metadata  # noqa: E402
-from runtime.tables import markdown_table, percent  # noqa: E402
-from train.recipes import RECIPES  # noqa: E402
+from edgeconv.export import formats, parity
+from edgeconv.export.cli import agreement_share
+from edgeconv.export.source import ExportError, Source
+from edgeconv.runtime.files import atomic_path, write_json
+from edgeconv.runtime.metadata import read_metadata
+from edgeconv.runtime.tables import markdown_table, percent
+from edgeconv.train.recipes import RECIPES
 
 INDEX = "models.json"
 PETS_LIMITS = ("it knows two classes only: it calls every image a cat or a dog, a car or a "

@@ -17,17 +17,15 @@ import tempfile
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from export.budget import Calibrations, Judge, Outcome, Recipe, search  # noqa: E402
-from export.cli import exporter_parser, output_path, run_exporter  # noqa: E402
-from export.golden import golden_entry, golden_photos  # noqa: E402
-from export.metadata import build_metadata  # noqa: E402
-from export.onnx_uint8 import to_uint8  # noqa: E402
-from export.source import ExportError, Source  # noqa: E402
-from runtime.files import atomic_path  # noqa: E402
-from runtime.metadata import METADATA_KEY  # noqa: E402
-from runtime.quiet import native_stderr_silenced  # noqa: E402
+from edgeconv.export.budget import Calibrations, Judge, Outcome, Recipe, search
+from edgeconv.export.cli import exporter_parser, output_path, run_exporter
+from edgeconv.export.golden import golden_entry, golden_photos
+from edgeconv.export.metadata import build_metadata
+from edgeconv.export.onnx_uint8 import to_uint8
+from edgeconv.export.source import ExportError, Source
+from edgeconv.runtime.files import atomic_path
+from edgeconv.runtime.metadata import METADATA_KEY
+from edgeconv.runtime.quiet import native_stderr_silenced
 
 QUANTIZATIONS = ("float32", "int8")
 
@@ -100,7 +98,7 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "
 def within_budget(source: Source, prepared: Path, calibrations: Calibrations, budget: float,
                   budget_data: Path | None) -> Outcome:
     """The budget search (export/budget.py) over ONNX Runtime's remedies."""
-    from export.layers import onnx_layers
+    from edgeconv.export.layers import onnx_layers
 
     judge = Judge.for_source(source, budget_data)
     work = prepared.parent

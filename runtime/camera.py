@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.classifier import Classifier, Prediction
-from runtime.hotswap import HotModel
-from runtime.text import display
+from edgeconv.runtime.classifier import Classifier, Prediction
+from edgeconv.runtime.hotswap import HotModel
+from edgeconv.runtime.text import display
 
 
 class CameraError(RuntimeError):

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime import evaluate
-from runtime.engines import open_engine
-from runtime.metadata import ModelFileError, read_metadata
-from runtime.preprocess import ImageError, ImageSource, load_image
-from runtime.text import display
+from edgeconv.runtime import evaluate
+from edgeconv.runtime.engines import open_engine
+from edgeconv.runtime.metadata import ModelFileError, read_metadata
+from edgeconv.runtime.preprocess import ImageError, ImageSource, load_image
+from edgeconv.runtime.text import display
 
 
 @dataclass

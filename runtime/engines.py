@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.metadata import ModelFileError, model_kind
-from runtime.quiet import native_stderr_silenced, one_line
+from edgeconv.runtime.metadata import ModelFileError, model_kind
+from edgeconv.runtime.quiet import native_stderr_silenced, one_line
 
 TFLITE_ENGINES = ("litert", "tflite-runtime")
 ENGINES = (*TFLITE_ENGINES, "onnxruntime")

@@ -15,7 +15,7 @@ import stat
 import struct
 from pathlib import Path
 
-from runtime.text import display
+from edgeconv.runtime.text import display
 
 METADATA_KEY = "edgeconv"
 METADATA_FORMAT = "edgeconv-model/1"

@@ -21,9 +21,9 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from runtime.camera import classified_frames, file_fps, is_live
-from runtime.hotswap import HotModel
-from runtime.quiet import one_line
+from edgeconv.runtime.camera import classified_frames, file_fps, is_live
+from edgeconv.runtime.hotswap import HotModel
+from edgeconv.runtime.quiet import one_line
 
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 250, 500, 1000)
 STREAM_WIDTH = 640  # frames are shrunk to this width for the preview

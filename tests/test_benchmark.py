@@ -5,7 +5,7 @@ import shutil
 
 from conftest import ARTIFACTS, confident_photos, run_script
 
-from runtime.classifier import Classifier
+from edgeconv.runtime.classifier import Classifier
 
 ROW_KEYS = {"run", "format", "file", "status", "macs_per_image", "size_mb", "accuracy",
             "agreement", "ms_p50", "ms_range", "images_per_second", "best_batch",

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import run_script
 
-from runtime import camera
-from runtime.classifier import Classifier
+from edgeconv.runtime import camera
+from edgeconv.runtime.classifier import Classifier
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 from conftest import REPO, onnx_with_output, run_script
 from PIL import Image
 
-from runtime import Classifier, ImageError
+from edgeconv.runtime import Classifier, ImageError
 
 
 def test_folder_with_bad_files_classifies_the_good_ones_and_exits_1(shipped, real_data,

@@ -16,9 +16,9 @@ import pytest
 import sshd
 from conftest import MODELS, REPO, free_port, impostor, run_script
 
-from runtime.classifier import Classifier
-from runtime.metadata import read_metadata
-from runtime.profiles import ProfileError, available, detect, load_profile
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.metadata import read_metadata
+from edgeconv.runtime.profiles import ProfileError, available, detect, load_profile
 
 PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
 USER = "edgeconv-deploy"

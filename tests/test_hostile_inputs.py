@@ -13,8 +13,8 @@ sys.path.insert(0, str(REPO / "tests" / "reliability"))
 import hostile  # noqa: E402
 from serve_process import Server  # noqa: E402
 
-from runtime.metadata import read_metadata  # noqa: E402
-from runtime.text import display  # noqa: E402
+from edgeconv.runtime.metadata import read_metadata  # noqa: E402
+from edgeconv.runtime.text import display  # noqa: E402
 
 PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
 

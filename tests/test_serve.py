@@ -19,8 +19,8 @@ import pytest
 from conftest import REPO
 from serve_process import Server
 
-from runtime.classifier import Classifier
-from runtime.hotswap import HotModel
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.hotswap import HotModel
 
 PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
 

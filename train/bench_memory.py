@@ -24,11 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from runtime.files import write_json  # noqa: E402
-from runtime.tables import markdown_table  # noqa: E402
-from train.dataset import DataError, find_dataset, resolve_data  # noqa: E402
+from edgeconv.runtime.files import write_json
+from edgeconv.runtime.tables import markdown_table
+from edgeconv.train.dataset import DataError, find_dataset, resolve_data
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 20  # the baseline recipe's

@@ -21,19 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from train.backend import import_keras  # noqa: E402
+from edgeconv.train.backend import import_keras  # noqa: E402
 
 keras = import_keras()
 
-from runtime.files import write_json  # noqa: E402
-from runtime.tables import markdown_table  # noqa: E402
-from train.dataset import DataError, find_dataset, load_split, resolve_data  # noqa: E402
-from train.environment import environment  # noqa: E402
-from train.model import INPUT_SHAPE  # noqa: E402
-from train.recipes import RECIPES  # noqa: E402
-from train.trainer import BatchStream, new_training_model  # noqa: E402
+from edgeconv.runtime.files import write_json  # noqa: E402
+from edgeconv.runtime.tables import markdown_table  # noqa: E402
+from edgeconv.train.dataset import DataError, find_dataset, load_split, resolve_data  # noqa: E402
+from edgeconv.train.environment import environment  # noqa: E402
+from edgeconv.train.model import INPUT_SHAPE  # noqa: E402
+from edgeconv.train.recipes import RECIPES  # noqa: E402
+from edgeconv.train.trainer import BatchStream, new_training_model  # noqa: E402
 
 BATCH = 32
 

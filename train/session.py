@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.evaluate import accuracy, confusion_matrix, decide
-from runtime.files import atomic_path, remove_partial_files, write_json
-from train.backend import import_keras
-from train.dataset import DataError, dataset_digest, find_dataset, load_split, resolve_data
-from train.recipes import RECIPES, with_settings
+from edgeconv.runtime.evaluate import accuracy, confusion_matrix, decide
+from edgeconv.runtime.files import atomic_path, remove_partial_files, write_json
+from edgeconv.train.backend import import_keras
+from edgeconv.train.dataset import DataError, dataset_digest, find_dataset, load_split, resolve_data
+from edgeconv.train.recipes import RECIPES, with_settings
 
 RUN_FILE = "run.json"
 
@@ -69,7 +69,7 @@ def train(options: Options) -> int:
               "weights of its best epoch by validation accuracy")
     write_json(options.out / RUN_FILE, config)
 
-    from train import trainer
+    from edgeconv.train import trainer
 
     keras = import_keras()
     print(f"recipe {recipe.name}: {config['epochs']} epochs, batch {config['batch_size']}, "
@@ -134,8 +134,8 @@ def plan(options: Options, previous: dict | None):
     data = resolve_data(options.data or (Path(previous["data"]) if previous else None))
     dataset = find_dataset(data, limit=chosen("limit"))
     import_keras()  # quietly, before train.model imports it: after the quick data errors
-    from train.distribute import choose_devices, join_processes
-    from train.model import INPUT_SHAPE
+    from edgeconv.train.distribute import choose_devices, join_processes
+    from edgeconv.train.model import INPUT_SHAPE
 
     if options.processes > 1:
         join_processes(options.coordinator, options.processes, options.process_id)
@@ -143,7 +143,7 @@ def plan(options: Options, previous: dict | None):
 
     precision = options.precision
     if precision == "auto":
-        from train.environment import auto_precision
+        from edgeconv.train.environment import auto_precision
 
         precision = previous.get("precision") or auto_precision()
     config = {
@@ -171,8 +171,8 @@ def plan(options: Options, previous: dict | None):
 
 def start_or_resume(out: Path, config: dict, recipe, steps: int, resumed: bool):
     """(model, state): the last checkpoint of a resumed run, else a new compiled model."""
-    from train import trainer
-    from train.augment import RandomAffine  # noqa: F401  (registers the layer for loading)
+    from edgeconv.train import trainer
+    from edgeconv.train.augment import RandomAffine  # noqa: F401  (registers the layer for loading)
 
     keras = import_keras()
     state_file = out / trainer.STATE_FILE
@@ -198,7 +198,7 @@ def predict_labels(model, images):
     record)."""
     import numpy as np
 
-    from train.trainer import Batches
+    from edgeconv.train.trainer import Batches
 
     return decide(np.asarray(model.predict(Batches(images), verbose=0), np.float64))
 
@@ -206,10 +206,10 @@ def predict_labels(model, images):
 def finish(out: Path, model, state: dict, config: dict, recipe, dataset, validation_set,
            steps: int, devices: int = 1, ended_early: dict | None = None) -> dict:
     """Save the float32 model, score it on validation and test, write metrics and curves."""
-    from train import trainer
-    from train.environment import environment
-    from train.model import count_macs
-    from train.plots import plot_curves
+    from edgeconv.train import trainer
+    from edgeconv.train.environment import environment
+    from edgeconv.train.model import count_macs
+    from edgeconv.train.plots import plot_curves
 
     started = time.monotonic()
     final = trainer.inference_model(model, recipe, len(dataset.classes),

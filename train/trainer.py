@@ -9,10 +9,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from runtime.files import atomic_path, write_json
-from train.augment import RandomAffine, RandomErasing
-from train.model import ARCHITECTURES
-from train.recipes import Recipe
+from edgeconv.runtime.files import atomic_path, write_json
+from edgeconv.train.augment import RandomAffine, RandomErasing
+from edgeconv.train.model import ARCHITECTURES
+from edgeconv.train.recipes import Recipe
 
 STATE_FILE = "state.json"
 

@@ -35,17 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))  # serve_process, shared with the tests
 
 import attacks  # noqa: E402
 import serve_process  # noqa: E402
 from serve_process import Server  # noqa: E402
 
-from runtime.classifier import Classifier  # noqa: E402
-from runtime.listener import Limits  # noqa: E402
-from runtime.preprocess import ImageError  # noqa: E402
-from runtime.tables import markdown_table  # noqa: E402
-from runtime.web import ROUTES  # noqa: E402
+from edgeconv.runtime.classifier import Classifier  # noqa: E402
+from edgeconv.runtime.listener import Limits  # noqa: E402
+from edgeconv.runtime.preprocess import ImageError  # noqa: E402
+from edgeconv.runtime.tables import markdown_table  # noqa: E402
+from edgeconv.runtime.web import ROUTES  # noqa: E402
 
 HANG_S = 30  # a client that behaved waits this long for its answer
 HEALTHY_S = 5  # GET /healthz must answer within this, whatever the other clients do
