@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         "\n\n")[0].strip(), epilog="Example: python export/all.py runs/augmented")
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="a train/run.py run folder (or its model.keras)")
-    parser.add_argument("--formats", default="all", help="comma-separated: "
-                        f"{', '.join(f.name for f in formats.FORMATS)} (default: all)")
+    parser.add_argument("--formats", default="all", help="comma-separated: tflite, onnx, int8, or "
+                        "one format (tflite-int8, onnx-float32, ...; default: all)")
     parser.add_argument("--force", action="store_true", help="export again what exists")
     args = parser.parse_args(argv)
     try:

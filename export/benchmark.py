@@ -176,8 +176,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--report benchmark.md")
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
                         help="train/run.py run folders")
-    parser.add_argument("--formats", default="all", help="comma-separated formats to measure: "
-                        f"{KERAS}, {', '.join(f.name for f in formats.FORMATS)} (default: all)")
+    parser.add_argument("--formats", default="all", help="comma-separated formats to "
+                        "measure: keras, tflite, onnx, int8, or one format (tflite-int8, "
+                        "onnx-float32, ...; default: all)")
     parser.add_argument("--data", type=Path, help="class folders to score on (default: the "
                         "run's test split)")
     parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}",
