@@ -25,9 +25,13 @@ COMMANDS = {
     "onnx": "edgeconv.export.to_onnx",
     "parity": "edgeconv.export.parity",
     "layers": "edgeconv.export.layers",
-    "benchmark": "edgeconv.export.benchmark",
+    "benchmark": "edgeconv.benchmarks.formats",
     "ship": "edgeconv.export.ship",
     "reproduce": "edgeconv.export.reproduce",
+    "benchmark-train": "edgeconv.benchmarks.train",
+    "benchmark-memory": "edgeconv.benchmarks.memory",
+    "benchmark-photos": "edgeconv.benchmarks.photos",
+    "benchmark-serve": "edgeconv.benchmarks.serve",
     "deploy": "edgeconv.devices.deploy",
     "fleet": "ansible-playbook:fleet/rollout.yml",
 }
@@ -52,7 +56,8 @@ def summary(target: str) -> str:
     if path.suffix == ".yml":
         return text.splitlines()[0].lstrip("# ")
     doc = ast.get_docstring(ast.parse(text)) or ""
-    return doc.splitlines()[0].strip() if doc else ""
+    first = " ".join(doc.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+    return first if len(first) <= 90 else first[:first.rfind(" ", 0, 87)] + " ..."
 
 
 def usage() -> str:

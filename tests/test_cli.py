@@ -19,7 +19,7 @@ def test_help_lists_every_command_with_one_line():
     for name in COMMANDS:
         assert f"  {name} " in result.stdout, name
         assert summary(COMMANDS[name]), name
-    assert "classify   Label images" in result.stdout
+    assert "Label images, folders or a live camera" in result.stdout
 
 
 def test_classify_is_runtime_classify():

@@ -10,6 +10,7 @@ ALLOWED = {
     "train": {"runtime", "train"},
     "export": {"runtime", "train", "export"},
     "devices": {"runtime", "devices"},
+    "benchmarks": {"runtime", "train", "export", "devices", "benchmarks"},
 }
 
 

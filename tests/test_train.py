@@ -171,7 +171,7 @@ def test_help_lists_every_recipe():
 
 @pytest.mark.slow
 def test_training_throughput_benchmark_runs_every_pipeline(real_data, tmp_path):
-    result = run_script("train/benchmark.py", "--data", real_data, "--steps", "2",
+    result = run_script("benchmarks/train.py", "--data", real_data, "--steps", "2",
                         "--repeats", "1", "--json", tmp_path / "throughput.json")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((tmp_path / "throughput.json").read_text())["rows"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training throughput: edgeconv's pipeline against the book's ImageDataGenerator.
 
-  python train/benchmark.py [--data DIR] [--steps 30] [--repeats 5] [--json FILE]
+  python benchmarks/train.py [--data DIR] [--steps 30] [--repeats 5] [--json FILE]
 
 Trains the augmented recipe's model (same layers, same batch of 32) for a few short epochs
 per pipeline, side by side in one process, and prints the median images per second of each
@@ -96,7 +96,7 @@ def measure(built: dict, steps: int, repeats: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train/benchmark.py", description=__doc__.split(
+    parser = argparse.ArgumentParser(prog="benchmarks/train.py", description=__doc__.split(
         "\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset folder (default: as train/run.py)")
     parser.add_argument("--steps", type=int, default=30, help="batches per timed epoch")

@@ -2,7 +2,7 @@
 """Real-world photo sizes: classify 12-megapixel JPEGs with the full decode and the fast path,
 and a camera loop at a camera's resolution, against the engine alone.
 
-  python devices/bench_photos.py MODEL PHOTOS [--count 200] [--megapixels 12]
+  python benchmarks/photos.py MODEL PHOTOS [--count 200] [--megapixels 12]
 
 Makes COUNT JPEGs of MEGAPIXELS from the photos (upscaled, in a temporary folder, deleted
 after), then prints, side by side in one run: images/s of runtime/classify on them with
@@ -103,8 +103,8 @@ def camera_fps(classifier: Classifier, photos: list[Path], folder: Path) -> floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="devices/bench_photos.py", description=__doc__.split(
-        "\n\n")[0], epilog="Example: python devices/bench_photos.py models/plus_int8.tflite "
+    parser = argparse.ArgumentParser(prog="benchmarks/photos.py", description=__doc__.split(
+        "\n\n")[0], epilog="Example: python benchmarks/photos.py models/plus_int8.tflite "
         "DIR/test")
     parser.add_argument("model", type=Path)
     parser.add_argument("photos", type=Path, help="a folder of class folders of photos")

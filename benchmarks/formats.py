@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One table across every format: status, size, accuracy, agreement, speed, start-up, memory.
 
-  python export/benchmark.py RUN_DIR [RUN_DIR ...] [--formats F,...] [--data DIR]
+  python benchmarks/formats.py RUN_DIR [RUN_DIR ...] [--formats F,...] [--data DIR]
                              [--threads 1,N] [--repeat K] [--json F] [--report F.md] [--log F]
 
 Exports whatever a run lacks, then measures its Keras model and each artifact on the same
@@ -171,8 +171,8 @@ def test_split(source: Source, data: Path | None) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="export/benchmark.py", description=__doc__.split(
-        "\n\n")[0].strip(), epilog="Example: python export/benchmark.py runs/augmented "
+    parser = argparse.ArgumentParser(prog="benchmarks/formats.py", description=__doc__.split(
+        "\n\n")[0].strip(), epilog="Example: python benchmarks/formats.py runs/augmented "
         "--report benchmark.md")
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
                         help="train/run.py run folders")
