@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgeconv.runtime.kinds import SUFFIXES
 from edgeconv.runtime.metadata import ModelFileError, read_metadata
 from edgeconv.runtime.text import display
 
@@ -30,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SELFTEST_PHOTO = ROOT / "devices" / "selftest" / "cat.jpg"
 SHIPPED_MODEL = ROOT / "models" / "plus_int8.tflite"
-MODEL_SUFFIXES = (".tflite", ".onnx")
 
 
 class DeployError(Exception):
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--host {display(args.host)}: not USER@HOST")  # ssh would read an option
     if args.remote_dir.startswith("-"):
         args.remote_dir = f"./{args.remote_dir}"  # a path, never an option of mkdir or bash
-    if args.model.suffix.lower() not in MODEL_SUFFIXES:
+    if args.model.suffix.lower() not in SUFFIXES:
         parser.error(f"{display(args.model)}: a model is a .tflite or .onnx file")
     if not args.model.is_file():
         parser.error(f"{display(args.model)}: model file not found")

@@ -93,13 +93,12 @@ else
   say "virtual environment: $venv (reused)"
 fi
 read -r -a packages <<< "$(field pip)"
-case "$model" in
-  *.onnx)
-    case " $(field engines) " in
-      *" onnxruntime "*) packages+=(onnxruntime) ;;
-      *) die "profile $profile offers no ONNX Runtime (no wheels for $(field arch)); use a .tflite model" ;;
-    esac ;;
-esac
+if [ -n "$model" ]; then  # the model's kind's engine, if the profile's list lacks it
+  extra="$(python3 -I "$root/runtime/kinds.py" "$model" "$profile_file" 2>&1)" ||
+    die "${extra#error: }"
+  read -r -a extra_packages <<< "$extra"
+  packages+=("${extra_packages[@]}")
+fi
 say "python packages: ${packages[*]}"
 installed="$("$venv/bin/pip" install --disable-pip-version-check "${packages[@]}" |
              sed -n 's/^Successfully installed //p')"

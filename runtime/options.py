@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgeconv.runtime.classifier import Classifier
 from edgeconv.runtime.engines import ENGINES
+from edgeconv.runtime.kinds import by_suffix
 from edgeconv.runtime.profiles import ProfileError, load_profile
 
 
@@ -80,7 +81,8 @@ def resolve(args: argparse.Namespace, threads: int | None = None) -> Settings:
         profile = load_profile(args.profile) if args.profile else {}
     except ProfileError as error:
         raise SettingsError(str(error)) from None
-    if args.model.suffix.lower() == ".onnx":
+    kind = by_suffix(args.model)
+    if kind is not None and profile.get("engine") not in kind.engines:
         profile.pop("engine", None)  # a profile names its TFLite engine
     defaults = {"engine": "auto", "threads": threads, "width": None, "height": None, "every": 1}
     # A profile's 0 (threads) means the default, as an absent key does.
