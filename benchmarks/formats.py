@@ -22,11 +22,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edgeconv.common.files import atomic_path, write_json
 from edgeconv.export import formats, parity
 from edgeconv.export.source import ExportError, Source
 from edgeconv.runtime.classifier import Classifier
 from edgeconv.runtime.engines import EngineError
-from edgeconv.runtime.files import atomic_path, write_json
 from edgeconv.runtime.metadata import ModelFileError
 from edgeconv.runtime.tables import markdown_table, percent
 

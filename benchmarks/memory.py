@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgeconv.runtime.files import write_json
+from edgeconv.common.files import write_json
 from edgeconv.runtime.tables import markdown_table
 from edgeconv.train.dataset import DataError, find_dataset, resolve_data
 

@@ -25,7 +25,7 @@ from edgeconv.train.backend import import_keras  # noqa: E402
 
 keras = import_keras()
 
-from edgeconv.runtime.files import write_json  # noqa: E402
+from edgeconv.common.files import write_json  # noqa: E402
 from edgeconv.runtime.tables import markdown_table  # noqa: E402
 from edgeconv.train.dataset import DataError, find_dataset, load_split, resolve_data  # noqa: E402
 from edgeconv.train.environment import environment  # noqa: E402

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeconv.common.files import atomic_path, write_json
 from edgeconv.export.source import ExportError, Source, calibration_set
-from edgeconv.runtime.files import atomic_path, write_json
 from edgeconv.runtime.tables import markdown_table
 
 FORMATS = ("tflite", "onnx")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeconv.runtime.files import atomic_path
+from edgeconv.common.files import atomic_path
 
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 

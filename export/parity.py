@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeconv.common.files import atomic_path, write_json
+from edgeconv.common.system import cpu_flags, cpu_name
 from edgeconv.export.source import ExportError, Source
 from edgeconv.runtime.classifier import Classifier
 from edgeconv.runtime.engines import EngineError
 from edgeconv.runtime.evaluate import accuracy, decide, labelled_images
-from edgeconv.runtime.files import atomic_path, write_json
 from edgeconv.runtime.metadata import ModelFileError
 from edgeconv.runtime.preprocess import ImageError, load_image
 from edgeconv.runtime.progress import progress
-from edgeconv.runtime.system import cpu_flags, cpu_name
 from edgeconv.runtime.tables import markdown_table, percent
 
 BATCH = 32

@@ -21,9 +21,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from edgeconv.common.files import atomic_path, write_json
 from edgeconv.export import ship
 from edgeconv.export.source import ExportError
-from edgeconv.runtime.files import atomic_path, write_json
 from edgeconv.runtime.tables import markdown_table, percent
 from edgeconv.train import session
 from edgeconv.train.dataset import DataError, resolve_data

@@ -19,10 +19,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from edgeconv.common.files import atomic_path, write_json
 from edgeconv.export import formats, parity
 from edgeconv.export.cli import agreement_share
 from edgeconv.export.source import ExportError, Source
-from edgeconv.runtime.files import atomic_path, write_json
 from edgeconv.runtime.metadata import read_metadata
 from edgeconv.runtime.tables import markdown_table, percent
 from edgeconv.train.recipes import RECIPES

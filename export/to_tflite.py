@@ -15,12 +15,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from edgeconv.common.files import atomic_path
 from edgeconv.export.budget import Calibrations, Judge, Outcome, Recipe, search
 from edgeconv.export.cli import exporter_parser, output_path, run_exporter
 from edgeconv.export.golden import golden_entry, golden_photos
 from edgeconv.export.metadata import build_metadata
 from edgeconv.export.source import ExportError, Source
-from edgeconv.runtime.files import atomic_path
 from edgeconv.runtime.metadata import METADATA_KEY
 from edgeconv.runtime.quiet import native_stderr_silenced
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeconv.runtime.files import atomic_path
+from edgeconv.common.files import atomic_path
 from edgeconv.runtime.preprocess import ImageError, list_images, load_image
 from edgeconv.runtime.progress import progress
 

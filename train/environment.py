@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from edgeconv.runtime.system import cpu_flags, cpu_name, cpuinfo
+from edgeconv.common.system import cpu_flags, cpu_name, cpuinfo
 
 
 def environment() -> dict:

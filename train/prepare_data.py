@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edgeconv.runtime.files import write_json
+from edgeconv.common.files import write_json
 from edgeconv.runtime.preprocess import ImageError, is_image_file, open_image
 from edgeconv.runtime.progress import ProgressBar, progress
 from edgeconv.train.dataset import SPLITS, data_digest

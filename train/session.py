@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeconv.common.files import atomic_path, remove_partial_files, write_json
 from edgeconv.runtime.evaluate import accuracy, confusion_matrix, decide
-from edgeconv.runtime.files import atomic_path, remove_partial_files, write_json
 from edgeconv.train.backend import import_keras
 from edgeconv.train.dataset import DataError, dataset_digest, find_dataset, load_split, resolve_data
 from edgeconv.train.recipes import RECIPES, with_settings

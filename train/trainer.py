@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from edgeconv.runtime.files import atomic_path, write_json
+from edgeconv.common.files import atomic_path, write_json
 from edgeconv.train.augment import RandomAffine, RandomErasing
 from edgeconv.train.model import ARCHITECTURES
 from edgeconv.train.recipes import Recipe
