@@ -154,9 +154,9 @@ def run_camera(model: Classifier | HotModel, source: str, width: int | None = No
                 print(json.dumps({"frame": index, **prediction.as_dict()}), flush=True)
             else:
                 ranked = sorted(prediction.scores.items(), key=lambda item: -item[1])
-                print(f"{prediction.ms:5.1f} ms  " + "  ".join(f"{name} {score:.2f}"
-                                                               for name, score in ranked),
-                      flush=True)
+                unsure = "unsure  " if prediction.label not in prediction.scores else ""
+                print(f"{prediction.ms:5.1f} ms  {unsure}" + "  ".join(
+                    f"{name} {score:.2f}" for name, score in ranked), flush=True)
             if show and not _draw(frame, prediction, len(latencies) /
                                   (time.perf_counter() - started)):
                 break

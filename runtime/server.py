@@ -86,7 +86,8 @@ class Stats:
             lines += [f"edgeconv_inference_ms_sum {self.total_ms:.3f}",
                       f"edgeconv_inference_ms_count {self.count}"]
         for name, value in extra.items():
-            lines += [f"# TYPE edgeconv_{name} gauge", f"edgeconv_{name} {value}"]
+            kind = "counter" if name.endswith("_total") else "gauge"  # Prometheus' naming rule
+            lines += [f"# TYPE edgeconv_{name} {kind}", f"edgeconv_{name} {value}"]
         return "\n".join(lines) + "\n"
 
 

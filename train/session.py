@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edgeconv.common.files import atomic_path, remove_partial_files, write_json
 from edgeconv.runtime.evaluate import accuracy, confusion_matrix, decide
+from edgeconv.runtime.text import plural
 from edgeconv.train.backend import import_keras
 from edgeconv.train.dataset import DataError, dataset_digest, find_dataset, load_split, resolve_data
 from edgeconv.train.recipes import RECIPES, with_settings
@@ -50,7 +51,8 @@ def train(options: Options) -> int:
     config, recipe, dataset, devices = plan(options, previous)
     if previous and (options.out / "metrics.json").exists() \
             and previous["epochs"] == config["epochs"]:
-        print(f"{options.out}: run already complete ({config['epochs']} epochs); nothing to do")
+        print(f"{options.out}: run already complete ({plural(config['epochs'], 'epoch')}); "
+              "nothing to do")
         return 0
     print(f"data {config['data']}: classes {dataset.classes}, images per class "
           f"{ {split: dataset.counts(split) for split in dataset.splits} }")
@@ -72,9 +74,10 @@ def train(options: Options) -> int:
     from edgeconv.train import trainer
 
     keras = import_keras()
-    print(f"recipe {recipe.name}: {config['epochs']} epochs, batch {config['batch_size']}, "
-          f"precision {config['precision']}, backend {keras.backend.backend()}, "
-          f"{devices.count} device(s) {', '.join(devices.names)}")
+    print(f"recipe {recipe.name}: {plural(config['epochs'], 'epoch')}, batch "
+          f"{config['batch_size']}, precision {config['precision']}, backend "
+          f"{keras.backend.backend()}, {plural(devices.count, 'device')} "
+          f"{', '.join(devices.names)}")
     verbose = options.verbose if options.verbose is not None else (
         1 if sys.stdout.isatty() else 2)
     try:
@@ -83,8 +86,8 @@ def train(options: Options) -> int:
                         config["epochs"], config["batch_size"], config["seed"],
                         verbose=verbose, devices=devices.count, part=devices.part)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {state['epoch']} of {config['epochs']} epochs are saved in "
-              f"{options.out}; continue with: python train/run.py --out {options.out} --resume",
+        print(f"\ninterrupted: {state['epoch']} of {plural(config['epochs'], 'epoch')} are "
+              f"saved in {options.out}; continue with: edgeconv train --out {options.out} --resume",
               file=sys.stderr)
         return 130
     ended_early = None
@@ -96,7 +99,7 @@ def train(options: Options) -> int:
     metrics = finish(options.out, model, state, config, recipe, dataset, validation_set, steps,
                      devices.count, ended_early)
     print(f"test accuracy {metrics['test_accuracy']:.4f}, validation "
-          f"{metrics['val_accuracy']:.4f} | {config['epochs']} epochs in "
+          f"{metrics['val_accuracy']:.4f} | {plural(config['epochs'], 'epoch')} in "
           f"{metrics['train_seconds']:.0f} s, {metrics['images_per_second']:.0f} images/s | "
           f"{options.out / 'model.keras'}")
     return 0
