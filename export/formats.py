@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeconv.export import to_onnx, to_tflite
+from edgeconv.export.artifacts import ARTIFACTS
 from edgeconv.export.source import Source
 
 
@@ -28,13 +29,11 @@ class Format:
     export: Callable[..., Path]
 
 
+EXPORTERS = {"tflite": to_tflite.export, "onnx": to_onnx.export}
 FORMATS: list[Format] = [
-    *(Format(f"TFLite {q}", f"model_{q}.tflite", functools.partial(to_tflite.export, quantize=q))
-      for q in to_tflite.QUANTIZATIONS),
-    Format("ONNX float32", "model_float.onnx", functools.partial(to_onnx.export,
-                                                                 quantize="float32")),
-    Format("ONNX int8", "model_int8.onnx", functools.partial(to_onnx.export, quantize="int8")),
-]
+    Format(artifact.name, artifact.file_name,
+           functools.partial(EXPORTERS[artifact.kind], quantize=artifact.quantize))
+    for artifact in ARTIFACTS]
 INT8 = [f for f in FORMATS if f.name in ("TFLite int8", "ONNX int8")]
 
 

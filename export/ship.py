@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edgeconv.common.files import atomic_path, write_json
 from edgeconv.export import formats, parity
+from edgeconv.export.artifacts import file_name
 from edgeconv.export.cli import agreement_share
 from edgeconv.export.source import ExportError, Source
 from edgeconv.runtime.metadata import read_metadata
@@ -122,7 +123,7 @@ def ship(run_dir: Path, parity_rows: list[dict], models: Path, keras: bool,
     recipe = metrics["recipe"]
     models.mkdir(parents=True, exist_ok=True)
     files = []
-    names = {"model_int8.tflite": f"{recipe}_int8.tflite", "model_int8.onnx": f"{recipe}_int8.onnx"}
+    names = {file_name(kind, "int8"): f"{recipe}_int8.{kind}" for kind in ("tflite", "onnx")}
     if keras:
         names["model.keras"] = f"{recipe}.keras"
     by_artifact = {row["artifact"]: row for row in parity_rows}
@@ -286,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ExportError(f"{run_dir}: not a finished run (no metrics.json)")
         checked = {run_dir: export_and_check(run_dir, args.data, args.budget)
                    for run_dir in args.run_dirs}
-        failed = [f"{run_dir / row['artifact']} ({'; '.join(row['failures'])})"
+        failed = [f"{run_dir / row['artifact']} ({'; '.join(row['failures'])}"
+                  f"{'; ' + row['cause'] if row.get('cause') else ''})"
                   for run_dir, rows in checked.items() for row in rows if not row["passed"]]
         if failed and not args.ship_failed:
             print(f"error: {', '.join(failed)}: fails its parity gate against the Keras model; "

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 from edgeconv.common.files import atomic_path
+from edgeconv.export.artifacts import ONNX_QUANTIZATIONS, file_name
 from edgeconv.export.budget import Calibrations, Judge, Outcome, Recipe, search
 from edgeconv.export.cli import exporter_parser, output_path, run_exporter
 from edgeconv.export.golden import golden_entry, golden_photos
@@ -27,7 +28,7 @@ from edgeconv.export.source import ExportError, Source
 from edgeconv.runtime.metadata import METADATA_KEY
 from edgeconv.runtime.quiet import native_stderr_silenced
 
-QUANTIZATIONS = ("float32", "int8")
+QUANTIZATIONS = ONNX_QUANTIZATIONS
 
 
 def float_onnx(source: Source, path: Path, opset: int | None) -> None:
@@ -135,8 +136,7 @@ def export(source: Source, quantize: str = "float32", out: Path | None = None, *
     """Convert, quantize if asked ("int8"), embed metadata and write atomically."""
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"ONNX quantization {quantize!r}: choose {' or '.join(QUANTIZATIONS)}")
-    path = output_path(out, source, "model_int8.onnx" if quantize == "int8"
-                       else "model_float.onnx")
+    path = output_path(out, source, file_name("onnx", quantize))
     described = recipe_metadata = None
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as work:
         float_path = Path(work) / "float.onnx"
@@ -172,7 +172,7 @@ def export(source: Source, quantize: str = "float32", out: Path | None = None, *
 def main(argv: list[str] | None = None) -> int:
     parser = exporter_parser(
         "export/to_onnx.py", __doc__, "python export/to_onnx.py runs/augmented --quantize int8",
-        "beside the model, model_float.onnx or model_int8.onnx", QUANTIZATIONS,
+        "beside the model, model_float32.onnx or model_int8.onnx", QUANTIZATIONS,
         "float32 (default) or static int8 quantization (QDQ)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the converter's)")
     parser.add_argument("--calibration-method", choices=tuple(CALIBRATION_METHODS),

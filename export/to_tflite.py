@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeconv.common.files import atomic_path
+from edgeconv.export.artifacts import TFLITE_QUANTIZATIONS, file_name
 from edgeconv.export.budget import Calibrations, Judge, Outcome, Recipe, search
 from edgeconv.export.cli import exporter_parser, output_path, run_exporter
 from edgeconv.export.golden import golden_entry, golden_photos
@@ -24,7 +25,7 @@ from edgeconv.export.source import ExportError, Source
 from edgeconv.runtime.metadata import METADATA_KEY
 from edgeconv.runtime.quiet import native_stderr_silenced
 
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+QUANTIZATIONS = TFLITE_QUANTIZATIONS
 
 
 def int8_converter(source: Source, images, io_type: str, float_allowed: bool = False):
@@ -170,7 +171,7 @@ def export(source: Source, quantize: str = "float32", out: Path | None = None, *
            io_type: str = "uint8", budget: float | None = None,
            budget_data: Path | None = None) -> Path:
     """Convert and write atomically (default: model_<quantize>.tflite beside the model)."""
-    path = output_path(out, source, f"model_{quantize}.tflite")
+    path = output_path(out, source, file_name("tflite", quantize))
     flatbuffer, _ = convert(source, quantize, io_type, calibration, calibration_size, budget,
                             budget_data)
     with atomic_path(path) as tmp:

@@ -89,7 +89,7 @@ def trained_run(real_data, tmp_path_factory):
 
 
 ARTIFACTS = [f"model_{q}.tflite" for q in ("float32", "float16", "dynamic", "int8")] + [
-    "model_float.onnx", "model_int8.onnx"]
+    "model_float32.onnx", "model_int8.onnx"]
 
 
 @pytest.fixture(scope="session")

@@ -251,7 +251,7 @@ def float_models(tiny_run, tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(tiny_run, run)
     result = run_script("export/all.py", run, "--formats", "TFLite float32,ONNX float32")
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    return {".tflite": run / "model_float32.tflite", ".onnx": run / "model_float.onnx"}
+    return {".tflite": run / "model_float32.tflite", ".onnx": run / "model_float32.onnx"}
 
 
 @pytest.fixture(scope="module")

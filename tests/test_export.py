@@ -20,7 +20,7 @@ def test_six_artifacts_with_the_expected_sizes(exported):
     assert 6.5 < sizes["model_float16.tflite"] < 7.5
     for name in ("model_dynamic.tflite", "model_int8.tflite", "model_int8.onnx"):
         assert 3.2 < sizes[name] < 4.0, name
-    assert 13.5 < sizes["model_float.onnx"] < 14.5
+    assert 13.5 < sizes["model_float32.onnx"] < 14.5
     assert not list(exported.glob(".*")), "temporary files left behind"
 
 
@@ -70,7 +70,7 @@ def test_parity_gates_pass_on_real_photos(exported, real_data, tmp_path):
     rows = {row["artifact"]: row for row in report["artifacts"]}
     assert set(rows) == set(ARTIFACTS)
     assert all(row["images"] == 1000 and row["passed"] for row in rows.values())
-    for name in ("model_float32.tflite", "model_float.onnx"):
+    for name in ("model_float32.tflite", "model_float32.onnx"):
         assert rows[name]["agreement"] == 1.0 and rows[name]["max_abs_dp"] <= 1e-4
     assert (tmp_path / "parity_model_int8_tflite.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -146,7 +146,7 @@ def test_all_exports_what_is_missing_then_nothing(tiny_run, few_photos, tmp_path
     assert unknown.returncode == 2 and "unknown format 'tflite int4'" in unknown.stderr
 
     files = [tiny_run / name for name in ("model_float32.tflite", "model_int8.tflite",
-                                          "model_float.onnx", "model_int8.onnx")]
+                                          "model_float32.onnx", "model_int8.onnx")]
     for path in files:
         metadata = read_metadata(path)
         assert metadata["source_model"]["recipe"] == "tiny"
