@@ -36,7 +36,7 @@ KERAS = "Keras"
 
 def probe(model: Path, threads: int, repeat: int, batches: str = "") -> dict:
     """Run export/probe.py in a fresh process and return its measurements."""
-    command = [sys.executable, str(Path(__file__).with_name("probe.py")), str(model),
+    command = [sys.executable, "-m", "edgeconv.export.probe", str(model),
                "--threads", str(threads), "--repeat", str(repeat), "--started",
                repr(time.time())]
     if batches:

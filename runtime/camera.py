@@ -20,6 +20,7 @@ import numpy as np
 
 from edgeconv.runtime.classifier import Classifier, Prediction
 from edgeconv.runtime.hotswap import HotModel
+from edgeconv.runtime.quiet import native_stderr_silenced
 from edgeconv.runtime.text import display
 
 
@@ -52,7 +53,8 @@ def open_capture(source: str, width: int | None, height: int | None):
     except ImportError:
         raise CameraError("OpenCV is not installed: pip install opencv-python-headless"
                           ) from None
-    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    with native_stderr_silenced():  # OpenCV's "[ WARN ]" lines: the error below says it
+        capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not capture.isOpened():
         raise CameraError(f"{display(source)}: cannot open this camera or stream")
     if width:
