@@ -38,7 +38,7 @@ def test_load_split_decodes_once_then_reads_the_cache(tmp_path, monkeypatch):
     def no_decoding(*args):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr("train.dataset.load_image", no_decoding)
+    monkeypatch.setattr("edgeconv.train.dataset.load_image", no_decoding)
     again, _ = load_split(dataset, "train", (20, 30))
     assert np.array_equal(images, again)
 
