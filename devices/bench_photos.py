@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""Real-world photo sizes: classify 12-megapixel JPEGs with the full decode and the fast path,
-and a camera loop at a camera's resolution, against the engine alone.
+"""Real-world photo sizes: classify against the machine's bound on ordinary photos and on
+12-megapixel JPEGs, the full decode against the fast path, and a camera loop.
 
   python devices/bench_photos.py MODEL PHOTOS [--count 200] [--megapixels 12]
+                                 [--before CHECKOUT]
 
 Makes COUNT JPEGs of MEGAPIXELS from the photos (upscaled, in a temporary folder, deleted
-after), then prints, side by side in one run: images/s of runtime/classify on them with
---full-decode and with the default fast path, the share of each image's time spent decoding,
-the engine-only limit, the label agreement of the two decodes (on the large JPEGs and on the
-original photos), and camera-loop FPS from a 1280x720 video file against engine-only FPS.
+after), then prints, side by side in one run: for the photos and for the large JPEGs, the
+decode ms and inference ms at 1..cores threads, the bound they give (runtime.pipeline:
+cores / (decode + cheapest core-time of inference)), runtime/classify's images/s and its
+share of the bound, and a naive loop's (decode, then infer on all cores, one photo at a
+time); images/s of classify on the large JPEGs with --full-decode and with the default fast
+path, the label agreement of the two decodes, and camera-loop FPS and capture-to-answer
+latency from a 1280x720 video file against engine-only FPS. With --before, the same classify
+figures for the runtime/classify of another checkout (`git worktree add /tmp/before COMMIT`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ sys.path.insert(0, str(ROOT))  # runnable from a plain clone
 
 from runtime.camera import classified_frames  # noqa: E402
 from runtime.classifier import Classifier  # noqa: E402
+from runtime.pipeline import Costs  # noqa: E402
 from runtime.preprocess import list_images, load_image  # noqa: E402
 from runtime.progress import progress  # noqa: E402
 from runtime.tables import markdown_table  # noqa: E402
@@ -51,9 +57,10 @@ def make_large(photos: list[Path], folder: Path, megapixels: float) -> list[Path
     return made
 
 
-def classify_run(model: Path, folder: Path, *flags: str) -> tuple[float, dict[str, str]]:
+def classify_run(model: Path, folder: Path, *flags: str, root: Path = ROOT
+                 ) -> tuple[float, dict[str, str]]:
     """(images/s, path -> label) of runtime/classify --json on a folder."""
-    result = subprocess.run([sys.executable, str(ROOT / "runtime" / "classify"), str(model),
+    result = subprocess.run([sys.executable, str(root / "runtime" / "classify"), str(model),
                              str(folder), "--json", *flags], capture_output=True, text=True,
                             timeout=3600)
     labels = {line["path"]: line["label"] for line in map(json.loads, result.stdout.split(
@@ -70,6 +77,42 @@ def decode_ms(classifier: Classifier, files: list[Path], fast: bool) -> float:
         load_image(path, classifier.size, fast_jpeg=fast)
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
+
+
+def costs(model: Path, files: list[Path], fast: bool, cores: int) -> Costs:
+    """Decode ms (median over the files, one at a time) and inference ms at 1..cores threads."""
+    decode = decode_ms(Classifier(model, threads=1), files[:30], fast)
+    return Costs(decode, {threads: engine_ms(Classifier(model, threads=threads))
+                          for threads in range(1, cores + 1)})
+
+
+def naive_rate(model: Path, files: list[Path], fast: bool) -> float:
+    """Images/s of the bare loop: decode a photo, then infer on all cores; the next."""
+    classifier = Classifier(model)
+    started = time.perf_counter()
+    for path in files:
+        classifier.probabilities(load_image(path, classifier.size, fast_jpeg=fast)[None])
+    return len(files) / (time.perf_counter() - started)
+
+
+def bound_rows(model: Path, folders: dict[str, Path], cores: int, before: Path | None
+               ) -> list[list[str]]:
+    """One row per folder: the costs, the bound, and classify's and the naive loop's share."""
+    rows = []
+    for name, folder in folders.items():
+        files = list_images(folder)
+        measured = costs(model, files, True, cores)
+        bound = measured.bound(cores)
+        rate, _ = classify_run(model, folder)
+        naive = naive_rate(model, files[:200], True)
+        row = [name, f"{measured.decode_ms:.2f}", " / ".join(
+            f"{ms:.2f}" for ms in measured.infer_ms.values()), f"{bound:.0f}",
+            f"{rate:.1f} ({rate / bound:.0%})", f"{naive:.1f} ({naive / bound:.0%})"]
+        if before:
+            old, _ = classify_run(model, folder, root=before)
+            row.append(f"{old:.1f} ({old / bound:.0%})")
+        rows.append(row)
+    return rows
 
 
 def engine_ms(classifier: Classifier, repeat: int = 200) -> float:
@@ -89,7 +132,9 @@ def agreement(first: dict[str, str], second: dict[str, str]) -> tuple[float, int
     return same / len(first), len(first) - same
 
 
-def camera_fps(classifier: Classifier, photos: list[Path], folder: Path) -> float:
+def camera_run(classifier: Classifier, photos: list[Path], folder: Path
+               ) -> tuple[float, float]:
+    """(FPS, median ms from a frame's capture to its answer) of the camera loop on a video."""
     import cv2
 
     video = folder / "camera.avi"
@@ -97,10 +142,10 @@ def camera_fps(classifier: Classifier, photos: list[Path], folder: Path) -> floa
     for photo in photos:
         writer.write(cv2.resize(cv2.imread(str(photo)), (1280, 720)))
     writer.release()
-    started, frames = time.perf_counter(), 0
-    for _ in classified_frames(classifier, str(video)):
-        frames += 1
-    return frames / (time.perf_counter() - started)
+    started, latencies = time.perf_counter(), []
+    for _, _, _, latency_ms in classified_frames(classifier, str(video)):
+        latencies.append(latency_ms)
+    return (len(latencies) / (time.perf_counter() - started), statistics.median(latencies))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,15 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("photos", type=Path, help="a folder of class folders of photos")
     parser.add_argument("--count", type=int, default=200, help="large JPEGs to make")
     parser.add_argument("--megapixels", type=float, default=12.0)
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="also measure the runtime/classify of this checkout")
     args = parser.parse_args(argv)
     files = list_images(args.photos)
     if not files or not args.model.is_file():
         parser.error("need a model file and a folder with photos")
+    if args.before and not (args.before / "runtime" / "classify").is_file():
+        parser.error(f"--before {args.before}: no runtime/classify there")
+    cores = os.cpu_count() or 1
     step = max(1, len(files) // args.count)
     chosen = files[::step][:args.count]
     classifier = Classifier(args.model, threads=1)
     with tempfile.TemporaryDirectory(prefix="edgeconv-photos-") as work:
         large = make_large(chosen, Path(work) / "large", args.megapixels)
+        bound = bound_rows(args.model, {str(args.photos): args.photos,
+                                        f"{len(large)} large JPEGs": Path(work) / "large"},
+                           cores, args.before)
         full_rate, full_labels = classify_run(args.model, Path(work) / "large", "--full-decode")
         fast_rate, fast_labels = classify_run(args.model, Path(work) / "large")
         _, original_full = classify_run(args.model, args.photos, "--full-decode")
@@ -127,12 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         sample = large[:30]
         full_decode, fast_decode = (decode_ms(classifier, sample, fast) for fast in (False, True))
         engine = engine_ms(classifier)
-        camera = camera_fps(classifier, chosen[:150], Path(work))
+        camera, latency = camera_run(Classifier(args.model), chosen[:150], Path(work))
         size = Image.open(large[0]).size
     large_agree, large_flips = agreement(full_labels, fast_labels)
     original_agree, original_flips = agreement(original_full, original_fast)
     print(f"{args.model.name}; {len(large)} JPEGs of {size[0]}x{size[1]} made from "
-          f"{args.photos}; {os.cpu_count()} cores\n")
+          f"{args.photos}; {cores} cores\n")
+    print(markdown_table(
+        ["photos", "decode ms", f"inference ms at {', '.join(map(str, range(1, cores + 1)))} "
+         "threads", "bound images/s", "classify images/s (share)",
+         "naive loop images/s (share)"] + (["before: classify (share)"] if args.before else []),
+        bound))
+    print()
     print(markdown_table(
         ["decode", "classify images/s", "decode ms (1 image)", "engine ms (1 thread)",
          "decode share"],
@@ -145,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"labels, fast against full decode: {large_agree:.2%} agree on the {len(large)} "
           f"large JPEGs ({large_flips} differ), {original_agree:.2%} on the "
           f"{len(original_full)} original photos ({original_flips} differ)")
-    print(f"camera loop from a 1280x720 video (read, convert, resize, infer; one inference "
-          f"thread): {camera:.0f} FPS; engine alone {1000 / engine:.0f} FPS")
+    print(f"camera loop from a 1280x720 video (capture, convert and resize, infer; overlapped): "
+          f"{camera:.0f} FPS, {latency:.1f} ms from capture to answer (median); engine alone "
+          f"{1000 / engine:.0f} FPS on one thread")
     return 0
 
 
