@@ -3,7 +3,7 @@
 12-megapixel JPEGs, the full decode against the fast path, and a camera loop.
 
   python devices/bench_photos.py MODEL PHOTOS [--count 200] [--megapixels 12]
-                                 [--before CHECKOUT]
+                                 [--before CHECKOUT] [--repeat N]
 
 Makes COUNT JPEGs of MEGAPIXELS from the photos (upscaled, in a temporary folder, deleted
 after), then prints, side by side in one run: for the photos and for the large JPEGs, the
@@ -82,7 +82,7 @@ def decode_ms(classifier: Classifier, files: list[Path], fast: bool) -> float:
 def costs(model: Path, files: list[Path], fast: bool, cores: int) -> Costs:
     """Decode ms (median over the files, one at a time) and inference ms at 1..cores threads."""
     decode = decode_ms(Classifier(model, threads=1), files[:30], fast)
-    return Costs(decode, {threads: engine_ms(Classifier(model, threads=threads))
+    return Costs(decode, {threads: engine_ms(Classifier(model, threads=threads), 100)
                           for threads in range(1, cores + 1)})
 
 
@@ -95,22 +95,32 @@ def naive_rate(model: Path, files: list[Path], fast: bool) -> float:
     return len(files) / (time.perf_counter() - started)
 
 
-def bound_rows(model: Path, folders: dict[str, Path], cores: int, before: Path | None
-               ) -> list[list[str]]:
-    """One row per folder: the costs, the bound, and classify's and the naive loop's share."""
+def bound_rows(model: Path, folders: dict[str, Path], cores: int, before: Path | None,
+               repeat: int) -> list[list[str]]:
+    """One row per folder: the costs, the bound, and classify's and the naive loop's share of
+    it; on a busy machine each is measured `repeat` times, interleaved, and the median shown
+    (each share from its own run's bound)."""
     rows = []
     for name, folder in folders.items():
         files = list_images(folder)
-        measured = costs(model, files, True, cores)
-        bound = measured.bound(cores)
-        rate, _ = classify_run(model, folder)
-        naive = naive_rate(model, files[:200], True)
+        runs = []
+        for _ in range(repeat):
+            measured = costs(model, files, True, cores)
+            bound = measured.bound(cores)
+            rates = [classify_run(model, folder)[0], naive_rate(model, files[:200], True)]
+            if before:
+                rates.append(classify_run(model, folder, root=before)[0])
+            runs.append((measured, bound, rates))
+        measured = Costs(statistics.median(run[0].decode_ms for run in runs), {
+            threads: statistics.median(run[0].infer_ms[threads] for run in runs)
+            for threads in runs[0][0].infer_ms})
         row = [name, f"{measured.decode_ms:.2f}", " / ".join(
-            f"{ms:.2f}" for ms in measured.infer_ms.values()), f"{bound:.0f}",
-            f"{rate:.1f} ({rate / bound:.0%})", f"{naive:.1f} ({naive / bound:.0%})"]
-        if before:
-            old, _ = classify_run(model, folder, root=before)
-            row.append(f"{old:.1f} ({old / bound:.0%})")
+            f"{ms:.2f}" for ms in measured.infer_ms.values()),
+            f"{statistics.median(run[1] for run in runs):.0f}"]
+        for column in range(len(runs[0][2])):
+            rate = statistics.median(run[2][column] for run in runs)
+            share = statistics.median(run[2][column] / run[1] for run in runs)
+            row.append(f"{rate:.1f} ({share:.0%})")
         rows.append(row)
     return rows
 
@@ -158,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--megapixels", type=float, default=12.0)
     parser.add_argument("--before", type=Path, metavar="CHECKOUT",
                         help="also measure the runtime/classify of this checkout")
+    parser.add_argument("--repeat", type=int, default=1, help="measure the bound table this "
+                        "many times and show the medians (a busy machine)")
     args = parser.parse_args(argv)
     files = list_images(args.photos)
     if not files or not args.model.is_file():
@@ -172,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         large = make_large(chosen, Path(work) / "large", args.megapixels)
         bound = bound_rows(args.model, {str(args.photos): args.photos,
                                         f"{len(large)} large JPEGs": Path(work) / "large"},
-                           cores, args.before)
+                           cores, args.before, args.repeat)
         full_rate, full_labels = classify_run(args.model, Path(work) / "large", "--full-decode")
         fast_rate, fast_labels = classify_run(args.model, Path(work) / "large")
         _, original_full = classify_run(args.model, args.photos, "--full-decode")
