@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import statistics
@@ -14,7 +15,7 @@ import numpy as np
 from runtime import evaluate
 from runtime.engines import default_threads, open_engine
 from runtime.metadata import ModelFileError, read_metadata
-from runtime.pipeline import Costs, Plan, in_order, infer_ms, plan, thread_choices
+from runtime.pipeline import Costs, Plan, in_order, plan, thread_choices, timed_ms
 from runtime.preprocess import ImageError, ImageSource, load_image
 from runtime.text import display
 
@@ -111,19 +112,69 @@ class Classifier:
         ms = (time.perf_counter() - started) * 1000 / len(images)
         return [self.decide(output, ms) for output in outputs]
 
-    def split(self, sample: Iterable[ImageSource] = ()) -> Plan:
-        """Measure the decode ms of the `sample` photos (none: 0, where something else decodes)
-        and the inference ms at 1, 2, 4... threads, then open the planned interpreters.
-        Call it before the classifier is shared between threads. Returns the plan."""
-        decode = [seconds for image, seconds in map(self._timed_load, sample)
-                  if not isinstance(image, ImageError)]
+    def split(self) -> Plan:
+        """Open the interpreters that infer the most images/s where something else decodes
+        (serve's requests, camera frames): planned from inference ms on a blank image.
+        Call it before the classifier is shared between threads."""
+        engines = self._sizes()
+        blank = np.full((1, *self.size, 3), 128, np.uint8)
+        return self._use(Costs(0.0, {threads: timed_ms(lambda e=engine: e.run(blank), 3)
+                                     for threads, engine in engines.items()}), engines)
+
+    def predict_each(self, sources: Iterable[ImageSource], ahead: int = 4, split: bool = False
+                     ) -> Iterator[tuple[ImageSource, Prediction | ImageError]]:
+        """Predict sources in order: (source, Prediction) or (source, ImageError).
+
+        One worker per interpreter decodes a source and infers on it (Pillow and the engines
+        release the GIL, so they overlap); `sources` is read lazily, at most `ahead` beyond
+        the workers' own, so a long stream never sits in memory as decoded images. With
+        `split`, the first photos are classified one at a time, two on each interpreter size,
+        and what they cost chooses the interpreters for the rest (runtime.pipeline).
+        A Prediction's `ms` is its own decode plus inference time.
+        """
+        sources = iter(sources)
+        if split:
+            yield from self._measured(list(itertools.islice(
+                sources, 2 * len(thread_choices(self.cap)))))
+        yield from in_order(self._predict_or_error, sources, self.plan.interpreters, ahead)
+
+    def _measured(self, first: list[ImageSource]
+                  ) -> Iterator[tuple[ImageSource, Prediction | ImageError]]:
+        """Classify `first` one at a time, timing decode and inference at each interpreter
+        size in turn; then open the interpreters their costs choose."""
+        engines = self._sizes()
+        decode: list[float] = []
+        infer: dict[int, list[float]] = {threads: [] for threads in engines}
+        for source in first:
+            image, decode_seconds = self._timed_load(source)
+            if isinstance(image, ImageError):
+                yield source, image
+                continue
+            threads = min(infer, key=lambda size: len(infer[size]))  # each size in turn
+            started = time.perf_counter()
+            output = engines[threads].run(image[None])
+            infer[threads].append(time.perf_counter() - started)
+            decode.append(decode_seconds)
+            output = output[:, 0] if output.shape[-1] == 1 else output
+            yield source, self.decide(output[0], (decode_seconds + infer[threads][-1]) * 1000)
+        blank = np.full((1, *self.size, 3), 128, np.uint8)
+        for threads, times in infer.items():  # too few photos (or good ones): a blank image
+            times += [timed_ms(lambda e=engines[threads]: e.run(blank), 1, 0) / 1000
+                      for _ in range(2 - len(times))]
+        self._use(Costs(statistics.median(decode) * 1000 if decode else 0.0,
+                        {threads: min(times) * 1000 for threads, times in infer.items()}),
+                  engines)
+
+    def _sizes(self) -> dict[int, object]:
+        """An interpreter of each size worth timing (1, 2, 4... threads, and all of them)."""
         engines = {self.cap: self.engine}
         for threads in thread_choices(self.cap)[:-1]:
             engines[threads] = open_engine(self.path, self.engine.name, threads)
-        image = np.full((*self.size, 3), 128, np.uint8)
-        self.costs = Costs(statistics.median(decode) * 1000 if decode else 0.0,
-                           infer_ms(engines, image))
-        self.plan = plan(self.costs, self.cap)
+        return engines
+
+    def _use(self, costs: Costs, engines: dict[int, object]) -> Plan:
+        """Plan from `costs` and open its interpreters (the timed one of its size among them)."""
+        self.costs, self.plan = costs, plan(costs, self.cap)
         chosen = [engines[self.plan.threads]] + [
             open_engine(self.path, self.engine.name, self.plan.threads)
             for _ in range(self.plan.interpreters - 1)]
@@ -131,17 +182,6 @@ class Classifier:
         for engine in chosen:
             self._free.put(engine)
         return self.plan
-
-    def predict_each(self, sources: Iterable[ImageSource], ahead: int = 4
-                     ) -> Iterator[tuple[ImageSource, Prediction | ImageError]]:
-        """Predict sources in order: (source, Prediction) or (source, ImageError).
-
-        One worker per interpreter decodes a source and infers on it (Pillow and the engines
-        release the GIL, so they overlap); `sources` is read lazily, at most `ahead` beyond
-        the workers' own, so a long stream never sits in memory as decoded images.
-        A Prediction's `ms` is its own decode plus inference time.
-        """
-        return in_order(self._predict_or_error, sources, self.plan.interpreters, ahead)
 
     def _predict_or_error(self, source: ImageSource) -> Prediction | ImageError:
         image, decode_seconds = self._timed_load(source)

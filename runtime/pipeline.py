@@ -25,8 +25,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-import numpy as np
-
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -86,12 +84,6 @@ def timed_ms(run: Callable[[], object], repeat: int, warmup: int = 2) -> float:
         run()
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
-
-
-def infer_ms(engines: dict[int, object], image: np.ndarray, repeat: int = 5) -> dict[int, float]:
-    """Median inference ms of one image on each engine, keyed by its threads."""
-    return {threads: timed_ms(lambda engine=engine: engine.run(image[None]), repeat)
-            for threads, engine in engines.items()}
 
 
 def in_order(work: Callable[[Item], Result], items: Iterable[Item], workers: int,

@@ -74,7 +74,7 @@ def test_predict_each_keeps_order_reports_errors_in_place_and_reads_lazily(shipp
     classifier = Classifier(shipped / "plus_int8.tflite")
     photos = [real_data / "test" / name for name in
               ("cats/cat.1501.jpg", "dogs/dog.1501.jpg", "cats/cat.1502.jpg")]
-    classifier.split(photos)  # as many workers as interpreters
+    classifier.split()  # as many workers as interpreters
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(photos[0].read_bytes()[:500])
     sources = [photos[0], broken, photos[1], photos[2]] * 5

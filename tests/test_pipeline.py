@@ -60,9 +60,9 @@ def test_the_split_classifier_labels_test_photos_as_one_at_a_time_in_order(shipp
     one_at_a_time = Classifier(shipped / name)
     expected = [one_at_a_time.predict(photo) for photo in photos]
     classifier = Classifier(shipped / name, threads=2)
-    chosen = classifier.split(photos[:3])
-    assert chosen.interpreters * chosen.threads <= 2 and classifier.costs.decode_ms > 0
-    results = list(classifier.predict_each(photos))
+    results = list(classifier.predict_each(photos, split=True))
+    assert classifier.plan.interpreters * classifier.plan.threads <= 2
+    assert classifier.costs.decode_ms > 0 and set(classifier.costs.infer_ms) == {1, 2}
     assert [source for source, _ in results] == photos
     assert [p.label for _, p in results] == [p.label for p in expected]
     assert [p.scores for _, p in results] == [p.scores for p in expected]
