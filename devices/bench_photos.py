@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # runnable from a plain clone
 
 from runtime.camera import classified_frames  # noqa: E402
 from runtime.classifier import Classifier  # noqa: E402
-from runtime.pipeline import Costs  # noqa: E402
+from runtime.pipeline import Costs, timed_ms  # noqa: E402
 from runtime.preprocess import list_images, load_image  # noqa: E402
 from runtime.progress import progress  # noqa: E402
 from runtime.tables import markdown_table  # noqa: E402
@@ -127,14 +127,7 @@ def bound_rows(model: Path, folders: dict[str, Path], cores: int, before: Path |
 
 def engine_ms(classifier: Classifier, repeat: int = 200) -> float:
     image = np.zeros((1, *classifier.size, 3), np.uint8)
-    for _ in range(10):
-        classifier.engine.run(image)
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        classifier.engine.run(image)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    return timed_ms(lambda: classifier.engine.run(image), repeat, warmup=10)
 
 
 def agreement(first: dict[str, str], second: dict[str, str]) -> tuple[float, int]:
