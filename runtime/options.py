@@ -56,8 +56,8 @@ def add_shared_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
                         help="inference engine (default: the profile's, else chosen from the "
                         "model file)")
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="inference threads (default: the profile's, else all cores; for "
-                        "files, all but one, which decodes the next images)")
+                        help="threads in all (default: the profile's, else all cores), split "
+                        "into interpreters by what a photo costs to decode and infer")
     parser.add_argument("--profile", metavar="NAME",
                         help="device profile from devices/ (e.g. raspberry-pi-5, auto, or a "
                         "profile.json): its engine, threads, camera, resolution and --every; "

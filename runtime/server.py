@@ -182,8 +182,8 @@ class App:
         try:
             while not self.stop.is_set():
                 started, count = time.perf_counter(), 0
-                for index, frame, prediction in classified_frames(self.model, source, width,
-                                                                  height, every):
+                for index, frame, prediction, _ in classified_frames(self.model, source, width,
+                                                                     height, every):
                     count += 1
                     if period:  # wait for this frame's time in the file
                         self.stop.wait(max(0.0, started + count * period - time.perf_counter()))
@@ -209,6 +209,7 @@ class App:
         classifier = self.model.classifier
         return {"model": self.model.path.name, "metadata": classifier.metadata,
                 "engine": classifier.engine.name, "threads": classifier.engine.threads,
+                "interpreters": classifier.plan.interpreters,
                 "min_score": classifier.min_score, "profile": self.profile,
                 "uptime_s": round(time.time() - self.stats.started, 1),
                 "frames": self.stats.frames, "camera": self.live.running,

@@ -74,6 +74,7 @@ def test_predict_each_keeps_order_reports_errors_in_place_and_reads_lazily(shipp
     classifier = Classifier(shipped / "plus_int8.tflite")
     photos = [real_data / "test" / name for name in
               ("cats/cat.1501.jpg", "dogs/dog.1501.jpg", "cats/cat.1502.jpg")]
+    classifier.split()  # as many workers as interpreters
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(photos[0].read_bytes()[:500])
     sources = [photos[0], broken, photos[1], photos[2]] * 5
@@ -86,7 +87,8 @@ def test_predict_each_keeps_order_reports_errors_in_place_and_reads_lazily(shipp
 
     results = classifier.predict_each(stream(), ahead=2)
     first_source, first = next(results)
-    assert len(taken) <= 4  # the current image, two ahead, and one being read
+    # the workers' images (one per interpreter), two ahead, and one being read
+    assert len(taken) <= classifier.plan.interpreters + 3
     rest = list(results)
     assert [first_source] + [source for source, _ in rest] == sources
     outcomes = [first] + [outcome for _, outcome in rest]

@@ -119,7 +119,7 @@ def test_classify_applies_a_profile_and_flags_override_it(shipped):
     result = run_script("runtime/classify", model, PHOTO, "--profile", "raspberry-pi-32bit",
                         "--engine", "litert", "--threads", "1")
     assert result.returncode == 0, result.stderr
-    assert "(litert, 1 thread)" in result.stdout
+    assert "(litert, 1 interpreter x 1 thread)" in result.stdout
 
 
 def clean_copy(tmp_path: Path) -> Path:
