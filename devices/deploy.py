@@ -23,15 +23,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a plain clone
+from edgeconv.runtime.kinds import SUFFIXES
+from edgeconv.runtime.metadata import ModelFileError, read_metadata
+from edgeconv.runtime.text import display
 
-from runtime.metadata import ModelFileError, read_metadata  # noqa: E402
-from runtime.text import display  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SELFTEST_PHOTO = ROOT / "devices" / "selftest" / "cat.jpg"
 SHIPPED_MODEL = ROOT / "models" / "plus_int8.tflite"
-MODEL_SUFFIXES = (".tflite", ".onnx")
 
 
 class DeployError(Exception):
@@ -133,7 +132,7 @@ def _text(data) -> str:
 def expected_label(model: Path) -> str | None:
     """The label this machine gives the self-test photo, when it has an engine for the model."""
     try:
-        from runtime.classifier import Classifier
+        from edgeconv.runtime.classifier import Classifier
 
         return Classifier(model).predict(SELFTEST_PHOTO).label
     except Exception as error:  # no local engine: the device still checks it classifies
@@ -207,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--host {display(args.host)}: not USER@HOST")  # ssh would read an option
     if args.remote_dir.startswith("-"):
         args.remote_dir = f"./{args.remote_dir}"  # a path, never an option of mkdir or bash
-    if args.model.suffix.lower() not in MODEL_SUFFIXES:
+    if args.model.suffix.lower() not in SUFFIXES:
         parser.error(f"{display(args.model)}: a model is a .tflite or .onnx file")
     if not args.model.is_file():
         parser.error(f"{display(args.model)}: model file not found")

@@ -47,6 +47,10 @@ mirror() {  # the Debian mirror apt uses on this machine
 }
 
 binfmt() {  # qemu-user-static registered for the guest's binaries
+  # Two builds (arm64 and armhf, as CI starts them) may get here at once: one mounts, the
+  # other waits on the lock and finds it mounted.
+  exec {binfmt_lock}>/tmp/edgeconv-binfmt.lock
+  flock "$binfmt_lock"
   [ -e /proc/sys/fs/binfmt_misc/register ] ||
     mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
   if [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$qemu" ]; then
@@ -55,6 +59,7 @@ binfmt() {  # qemu-user-static registered for the guest's binaries
   fi
   [ -e "/proc/sys/fs/binfmt_misc/qemu-$qemu" ] ||
     die "qemu-$qemu is not registered with binfmt_misc (apt-get install qemu-user-static)"
+  exec {binfmt_lock}>&-
 }
 
 mounted=()

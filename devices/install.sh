@@ -93,17 +93,21 @@ else
   say "virtual environment: $venv (reused)"
 fi
 read -r -a packages <<< "$(field pip)"
-case "$model" in
-  *.onnx)
-    case " $(field engines) " in
-      *" onnxruntime "*) packages+=(onnxruntime) ;;
-      *) die "profile $profile offers no ONNX Runtime (no wheels for $(field arch)); use a .tflite model" ;;
-    esac ;;
-esac
+if [ -n "$model" ]; then  # the model's kind's engine, if the profile's list lacks it
+  extra="$(python3 -I "$root/runtime/kinds.py" "$model" "$profile_file" 2>&1)" ||
+    die "${extra#error: }"
+  read -r -a extra_packages <<< "$extra"
+  packages+=("${extra_packages[@]}")
+fi
 say "python packages: ${packages[*]}"
 installed="$("$venv/bin/pip" install --disable-pip-version-check "${packages[@]}" |
              sed -n 's/^Successfully installed //p')"
 [ -z "$installed" ] || say "python packages installed: $installed"
+# The code's import name, edgeconv (edgeconv.runtime, edgeconv.devices), without installing the
+# project: a package in the venv whose runtime/ and devices/ are links to this clone's folders.
+# deploy.py and the fleet swap those folders by rename, so the links follow a code update and
+# its rollback.
+"$venv/bin/python" -I "$here/link_package.py" "$root" || die "cannot link the edgeconv package"
 
 if [ -n "$model" ]; then
   [ -f "$model" ] || die "model $model not found"

@@ -14,10 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from export import formats  # noqa: E402
-from export.source import ExportError, Source  # noqa: E402
+from edgeconv.export import formats
+from edgeconv.export.source import ExportError, Source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         "\n\n")[0].strip(), epilog="Example: python export/all.py runs/augmented")
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="a train/run.py run folder (or its model.keras)")
-    parser.add_argument("--formats", default="all", help="comma-separated: "
-                        f"{', '.join(f.name for f in formats.FORMATS)} (default: all)")
+    parser.add_argument("--formats", default="all", help="comma-separated: tflite, onnx, int8, or "
+                        "one format (tflite-int8, onnx-float32, ...; default: all)")
     parser.add_argument("--force", action="store_true", help="export again what exists")
     args = parser.parse_args(argv)
     try:

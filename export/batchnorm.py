@@ -31,7 +31,7 @@ def standalone_batchnorms(model) -> list:
 def as_depthwise(model):
     """`model` with its standalone 4-D BatchNorms as 1x1 depthwise convolutions (same weights
     elsewhere); `model` itself when it has none."""
-    from train.backend import import_keras
+    from edgeconv.train.backend import import_keras
 
     keras = import_keras()
     replaced = {layer.name for layer in standalone_batchnorms(model)

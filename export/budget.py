@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.source import ExportError, Source, calibration_set
-from runtime.engines import open_engine
-from runtime.evaluate import decide, labelled_images
-from runtime.preprocess import ImageError, load_image
+from edgeconv.export.source import ExportError, Source, calibration_set
+from edgeconv.runtime.engines import open_engine
+from edgeconv.runtime.evaluate import decide, labelled_images
+from edgeconv.runtime.preprocess import ImageError, load_image
 
 LARGER_CALIBRATION = 1000
 FLOAT_LAYER_STEPS = (1, 2, 4, 8)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from export.source import ExportError, Source
+from edgeconv.export.source import ExportError, Source
 
 
 def exporter_parser(prog: str, doc: str, example: str, out_help: str,

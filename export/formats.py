@@ -10,14 +10,16 @@ format never stops the others.
 from __future__ import annotations
 
 import functools
+import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from export import to_onnx, to_tflite
-from export.source import Source
+from edgeconv.export import to_onnx, to_tflite
+from edgeconv.export.artifacts import ARTIFACTS
+from edgeconv.export.source import Source
 
 
 @dataclass(frozen=True)
@@ -27,28 +29,36 @@ class Format:
     export: Callable[..., Path]
 
 
+EXPORTERS = {"tflite": to_tflite.export, "onnx": to_onnx.export}
 FORMATS: list[Format] = [
-    *(Format(f"TFLite {q}", f"model_{q}.tflite", functools.partial(to_tflite.export, quantize=q))
-      for q in to_tflite.QUANTIZATIONS),
-    Format("ONNX float32", "model_float.onnx", functools.partial(to_onnx.export,
-                                                                 quantize="float32")),
-    Format("ONNX int8", "model_int8.onnx", functools.partial(to_onnx.export, quantize="int8")),
-]
+    Format(artifact.name, artifact.file_name,
+           functools.partial(EXPORTERS[artifact.kind], quantize=artifact.quantize))
+    for artifact in ARTIFACTS]
 INT8 = [f for f in FORMATS if f.name in ("TFLite int8", "ONNX int8")]
 
 
 def select(names: str, extra: tuple[str, ...] = ()) -> list[str]:
-    """Format names from a comma-separated, case-insensitive list ("all": every one).
-    `extra` are names the caller handles itself (the benchmark's "Keras")."""
-    known = {name.lower(): name for name in (*extra, *(f.name for f in FORMATS))}
-    wanted = [name.strip().lower() for name in names.split(",") if name.strip()]
-    if wanted == ["all"]:
-        return list(known.values())
-    unknown = [name for name in wanted if name not in known]
-    if unknown:
-        raise ValueError(f"unknown format {unknown[0]!r}; choose from "
-                         f"{', '.join(known.values())}")
-    return [known[name] for name in known if name in wanted]  # registry order
+    """Format names from a comma-separated, case-insensitive list ("all": every one). A
+    short name picks every format it describes: "tflite", "onnx", "int8", "tflite-int8"
+    (or "TFLite int8"). `extra` are names the caller handles itself (the benchmark's "Keras")."""
+    known = [*extra, *(f.name for f in FORMATS)]
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    if [name.lower() for name in wanted] == ["all"]:
+        return known
+    chosen: set[str] = set()
+    for name in wanted:
+        words = set(re.split(r"[-_\s]+", name.lower()))
+        matches = {known_name for known_name in known
+                   if words <= set(known_name.lower().split())}
+        if not matches:
+            raise ValueError(f"unknown format {name!r}; choose from tflite, onnx, int8, all, "
+                             f"or one of: {', '.join(_short(n) for n in known)}")
+        chosen |= matches
+    return [name for name in known if name in chosen]  # registry order
+
+
+def _short(name: str) -> str:
+    return name.lower().replace(" ", "-")
 
 
 @dataclass

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.source import ExportError, Source, calibration_set
-from runtime.engines import open_engine
-from runtime.golden import THUMBNAIL, encode, enlarge
+from edgeconv.export.source import ExportError, Source, calibration_set
+from edgeconv.runtime.engines import open_engine
+from edgeconv.runtime.golden import THUMBNAIL, encode, enlarge
 
 INPUTS = 4
 INT8_STEP = 1 / 256

@@ -23,11 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from export.source import ExportError, Source, calibration_set  # noqa: E402
-from runtime.files import atomic_path, write_json  # noqa: E402
-from runtime.tables import markdown_table  # noqa: E402
+from edgeconv.common.files import atomic_path, write_json
+from edgeconv.export.source import ExportError, Source, calibration_set
+from edgeconv.runtime.tables import markdown_table
 
 FORMATS = ("tflite", "onnx")
 
@@ -108,10 +106,10 @@ def onnx_layers(float_path: Path, quantized_path: Path, images: np.ndarray) -> l
 def report(source: Source, fmt: str, images: np.ndarray, calibration: np.ndarray) -> list[dict]:
     """Per-layer rows, worst first, for a plain full-int8 export in `fmt`."""
     if fmt == "tflite":
-        from export import to_tflite
+        from edgeconv.export import to_tflite
 
         return tflite_layers(to_tflite.int8_converter(source, calibration, "uint8"), images)
-    from export import to_onnx
+    from edgeconv.export import to_onnx
 
     with tempfile.TemporaryDirectory(prefix="edgeconv-layers-") as work:
         float_path, quantized = Path(work) / "float.onnx", Path(work) / "int8.onnx"
@@ -122,7 +120,7 @@ def report(source: Source, fmt: str, images: np.ndarray, calibration: np.ndarray
 
 
 def plot(rows: list[dict], path: Path, title: str, worst: int = 15) -> None:
-    from train.plots import pyplot, save_figure
+    from edgeconv.train.plots import pyplot, save_figure
 
     shown = [row for row in rows if np.isfinite(row["sqnr_db"])][:worst][::-1]
     figure, axes = pyplot().subplots(figsize=(9, 0.3 * len(shown) + 1.2))

@@ -6,10 +6,10 @@ import contextlib
 from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 
-from export.source import Source
-from runtime.confidence import class_columns
-from runtime.metadata import METADATA_FORMAT
-from runtime.preprocess import PREPROCESSING
+from edgeconv.export.source import Source
+from edgeconv.runtime.confidence import class_columns
+from edgeconv.runtime.metadata import METADATA_FORMAT
+from edgeconv.runtime.preprocess import PREPROCESSING
 
 
 def build_metadata(source: Source, *, fmt: str, quantization: str, input_dtype: str,

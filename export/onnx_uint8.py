@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from runtime.files import atomic_path  # noqa: E402
+from edgeconv.common.files import atomic_path
 
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 

@@ -6,8 +6,11 @@
 Both sides start from the same image files under DIR (class folders): the reference through
 the training pipeline in Keras, each artifact through runtime/ exactly as a device runs it,
 with the threshold stored in its metadata (a sigmoid's; a softmax's label is its top class).
-Per artifact: accuracies, label agreement, max and mean |p_ref - p_art|, the files whose
-label flips, and a scatter plot of p_ref against p_art.
+Per artifact: accuracies, label agreement, max and mean |dp| (dp = p_ref - p_art, the
+difference between the two sides' predicted probabilities), the files whose label flips, and
+a scatter plot of p_ref against p_art. When an artifact fails and many photos score within
+NEAR of the threshold, the failure names the likely cause: the model (a short-trained one sits
+near 0.5, where any rounding flips labels), not the export.
 Exit 0 only when every artifact passes its gate (1 when one fails, 2 for usage errors).
 """
 
@@ -20,19 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from export.source import ExportError, Source  # noqa: E402
-from runtime.classifier import Classifier  # noqa: E402
-from runtime.confidence import expected_calibration_error, top_scores  # noqa: E402
-from runtime.engines import EngineError  # noqa: E402
-from runtime.evaluate import accuracy, decide, labelled_images  # noqa: E402
-from runtime.files import atomic_path, write_json  # noqa: E402
-from runtime.metadata import ModelFileError  # noqa: E402
-from runtime.preprocess import ImageError, load_image  # noqa: E402
-from runtime.progress import progress  # noqa: E402
-from runtime.system import cpu_flags, cpu_name  # noqa: E402
-from runtime.tables import markdown_table, percent  # noqa: E402
+from edgeconv.common.files import atomic_path, write_json
+from edgeconv.common.system import cpu_flags, cpu_name
+from edgeconv.export.source import ExportError, Source
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.confidence import expected_calibration_error, top_scores
+from edgeconv.runtime.engines import EngineError
+from edgeconv.runtime.evaluate import accuracy, decide, labelled_images
+from edgeconv.runtime.metadata import ModelFileError
+from edgeconv.runtime.preprocess import ImageError, load_image
+from edgeconv.runtime.progress import progress
+from edgeconv.runtime.tables import markdown_table, percent
 
 BATCH = 32
 # The CPU features that decide which int8 kernels an engine runs (x86 and Arm).
@@ -58,6 +59,29 @@ class Gate:
 
 GATES = {"float32": Gate(1.0, max_dp=1e-4), "float16": Gate(0.995), "dynamic": Gate(0.99),
          "int8": Gate(0.98, max_drop=0.01)}
+NEAR = 0.03  # a reference score this close to the threshold is a coin toss for any rounding
+
+
+def near_threshold(reference: np.ndarray, threshold: float) -> np.ndarray:
+    """Which rows the reference scores within NEAR of deciding otherwise: a sigmoid's score
+    near the threshold, a softmax's top two classes near each other."""
+    if reference.shape[1] == 1:
+        return np.abs(reference[:, 0] - threshold) < NEAR
+    top = np.sort(reference, axis=1)
+    return (top[:, -1] - top[:, -2]) < 2 * NEAR
+
+
+def likely_cause(near: np.ndarray, flipped: np.ndarray, gate: Gate) -> str | None:
+    """The model, when the photos near the threshold alone could explain the disagreement
+    and most flips are among them."""
+    if not flipped.any() or near.mean() <= 1 - gate.min_agreement:
+        return None
+    if (near & flipped).sum() < 0.5 * flipped.sum():
+        return None
+    return (f"likely the model, not the export: {percent(near.mean())} of the photos score "
+            f"within {NEAR} of the threshold (the reference itself is unsure of them; "
+            f"{(near & flipped).sum()} of the {flipped.sum()} flips are among them): train "
+            "longer or on more photos, then export again")
 
 
 @dataclass
@@ -131,12 +155,14 @@ def compare(name: str, classifier: Classifier, found: Parity, outputs: np.ndarra
         scores = top_scores(confidence.calibrate(outputs[known]))
         extra["ece"] = expected_calibration_error(
             scores, decide(outputs[known], threshold) == truth[known])
+    cause = likely_cause(near_threshold(reference[readable], threshold),
+                         ref_labels != art_labels, gate) if failures else None
     return {**extra, "artifact": name, "quantization": classifier.metadata["quantization"],
             "images": int(readable.sum()), "threshold": threshold,
             "reference_accuracy": ref_accuracy, "artifact_accuracy": art_accuracy,
             "agreement": agreement, "max_abs_dp": float(dp.max()),
             "mean_abs_dp": float(dp.mean()), "flips": flips, "passed": not failures,
-            "failures": failures}
+            "failures": failures, "cause": cause}
 
 
 def check(source: Source, artifacts: list[Path], photos: Path,
@@ -174,7 +200,7 @@ def machine() -> dict:
 
 
 def scatter(path: Path, name: str, reference: np.ndarray, outputs: np.ndarray) -> None:
-    from train.plots import pyplot, save_figure
+    from edgeconv.train.plots import pyplot, save_figure
 
     figure, axes = pyplot().subplots(figsize=(4.5, 4.5))
     axes.scatter(reference.ravel(), outputs.ravel(), s=4, alpha=0.5)
@@ -219,13 +245,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     parser.add_argument("--report", type=Path, help="write a Markdown report; scatter plots "
                         "go beside it")
-    parser.add_argument("--float32-max-dp", type=float, default=GATES["float32"].max_dp)
-    parser.add_argument("--float16-agreement", type=float,
-                        default=GATES["float16"].min_agreement)
-    parser.add_argument("--dynamic-agreement", type=float,
-                        default=GATES["dynamic"].min_agreement)
-    parser.add_argument("--int8-agreement", type=float, default=GATES["int8"].min_agreement)
+    parser.add_argument("--float32-max-dp", type=float, default=GATES["float32"].max_dp,
+                        metavar="DP", help="largest |dp| allowed for float32, dp being the "
+                        "difference of the two sides' probabilities (default: %(default)s)")
+    parser.add_argument("--float16-agreement", type=float, metavar="SHARE",
+                        default=GATES["float16"].min_agreement,
+                        help="smallest share of labels float16 must agree on "
+                        "(default: %(default)s)")
+    parser.add_argument("--dynamic-agreement", type=float, metavar="SHARE",
+                        default=GATES["dynamic"].min_agreement,
+                        help="the same for dynamic-range quantization (default: %(default)s)")
+    parser.add_argument("--int8-agreement", type=float, default=GATES["int8"].min_agreement,
+                        metavar="SHARE", help="the same for int8 (default: %(default)s)")
     parser.add_argument("--int8-max-drop", type=float, default=GATES["int8"].max_drop,
+                        metavar="FRACTION",
                         help="largest accuracy loss allowed for int8, as a fraction "
                         "(default: %(default)s = 1 point)")
     return parser.parse_args(argv)
@@ -251,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {error}", file=sys.stderr)
     report = table(found.rows)
     print(report)
+    for row in found.rows:
+        if row["cause"]:
+            print(f"{row['artifact']}: {row['cause']}")
     if args.json:
         write_json(args.json, {"reference": str(args.reference), "data": str(args.data),
                                "images": len(found.files), "skipped": found.skipped,

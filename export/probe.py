@@ -19,13 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
 
 def load(model: Path, threads: int):
     """Return (run(uint8 batch) -> outputs, input size)."""
     if model.suffix == ".keras":
-        from train.backend import import_keras
+        from edgeconv.train.backend import import_keras
 
         import_keras()
         import tensorflow as tf
@@ -36,7 +34,7 @@ def load(model: Path, threads: int):
 
         network = keras.saving.load_model(model)
         return (lambda x: network(x.astype("float32"), training=False)), network.input_shape[1:3]
-    from runtime.classifier import Classifier
+    from edgeconv.runtime.classifier import Classifier
 
     classifier = Classifier(model, threads=threads)
     return classifier.engine.run, classifier.size

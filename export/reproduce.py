@@ -21,16 +21,14 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from export import ship  # noqa: E402
-from export.source import ExportError  # noqa: E402
-from runtime.files import atomic_path, write_json  # noqa: E402
-from runtime.tables import markdown_table, percent  # noqa: E402
-from train import session  # noqa: E402
-from train.dataset import DataError, resolve_data  # noqa: E402
-from train.plots import draw_curves, pyplot, save_figure  # noqa: E402
-from train.recipes import RECIPES  # noqa: E402
+from edgeconv.common.files import atomic_path, write_json
+from edgeconv.export import ship
+from edgeconv.export.source import ExportError
+from edgeconv.runtime.tables import markdown_table, percent
+from edgeconv.train import session
+from edgeconv.train.dataset import DataError, resolve_data
+from edgeconv.train.plots import draw_curves, pyplot, save_figure
+from edgeconv.train.recipes import RECIPES
 
 
 def train_all(data: Path, out: Path, recipes: list[str], seeds: list[int], options: dict,

@@ -19,15 +19,14 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from export import formats, parity  # noqa: E402
-from export.cli import agreement_share  # noqa: E402
-from export.source import ExportError, Source  # noqa: E402
-from runtime.files import atomic_path, write_json  # noqa: E402
-from runtime.metadata import read_metadata  # noqa: E402
-from runtime.tables import markdown_table, percent  # noqa: E402
-from train.recipes import RECIPES  # noqa: E402
+from edgeconv.common.files import atomic_path, write_json
+from edgeconv.export import formats, parity
+from edgeconv.export.artifacts import file_name
+from edgeconv.export.cli import agreement_share
+from edgeconv.export.source import ExportError, Source
+from edgeconv.runtime.metadata import read_metadata
+from edgeconv.runtime.tables import markdown_table, percent
+from edgeconv.train.recipes import RECIPES
 
 INDEX = "models.json"
 PETS_LIMITS = ("it knows two classes only: it calls every image a cat or a dog, a car or a "
@@ -143,7 +142,7 @@ def ship(run_dir: Path, parity_rows: list[dict], models: Path, keras: bool,
     recipe = metrics["recipe"]
     models.mkdir(parents=True, exist_ok=True)
     files = []
-    names = {"model_int8.tflite": f"{recipe}_int8.tflite", "model_int8.onnx": f"{recipe}_int8.onnx"}
+    names = {file_name(kind, "int8"): f"{recipe}_int8.{kind}" for kind in ("tflite", "onnx")}
     if keras:
         names["model.keras"] = f"{recipe}.keras"
     by_artifact = {row["artifact"]: row for row in parity_rows}
@@ -330,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ExportError(f"{run_dir}: not a finished run (no metrics.json)")
         checked = {run_dir: export_and_check(run_dir, args.data, args.budget)
                    for run_dir in args.run_dirs}
-        failed = [f"{run_dir / row['artifact']} ({'; '.join(row['failures'])})"
+        failed = [f"{run_dir / row['artifact']} ({'; '.join(row['failures'])}"
+                  f"{'; ' + row['cause'] if row.get('cause') else ''})"
                   for run_dir, rows in checked.items() for row in rows if not row["passed"]]
         if failed and not args.ship_failed:
             print(f"error: {', '.join(failed)}: fails its parity gate against the Keras model; "

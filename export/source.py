@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.preprocess import ImageError, list_images, load_image
+from edgeconv.runtime.preprocess import ImageError, list_images, load_image
 
 
 class ExportError(Exception):
@@ -32,10 +32,10 @@ class Source:
 
     @functools.cached_property
     def model(self):
-        from train.backend import import_keras
+        from edgeconv.train.backend import import_keras
 
         keras = import_keras()  # first, so that TensorFlow starts quietly
-        import train.augment  # noqa: F401  (registers the augmentation layer)
+        import edgeconv.train.augment  # noqa: F401  (registers the augmentation layer)
 
         try:
             return keras.saving.load_model(self.path)
@@ -46,7 +46,7 @@ class Source:
     @functools.cached_property
     def convertible_model(self):
         """The model as converters get it: standalone BatchNorms as depthwise convolutions."""
-        from export.batchnorm import as_depthwise
+        from edgeconv.export.batchnorm import as_depthwise
 
         return as_depthwise(self.model)
 

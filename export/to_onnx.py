@@ -17,19 +17,18 @@ import tempfile
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
+from edgeconv.common.files import atomic_path
+from edgeconv.export.artifacts import ONNX_QUANTIZATIONS, file_name
+from edgeconv.export.budget import Calibrations, Judge, Outcome, Recipe, search
+from edgeconv.export.cli import exporter_parser, output_path, run_exporter
+from edgeconv.export.golden import golden_entry, golden_photos
+from edgeconv.export.metadata import build_metadata
+from edgeconv.export.onnx_uint8 import to_uint8
+from edgeconv.export.source import ExportError, Source
+from edgeconv.runtime.metadata import METADATA_KEY
+from edgeconv.runtime.quiet import native_stderr_silenced
 
-from export.budget import Calibrations, Judge, Outcome, Recipe, search  # noqa: E402
-from export.cli import exporter_parser, output_path, run_exporter  # noqa: E402
-from export.golden import golden_entry, golden_photos  # noqa: E402
-from export.metadata import build_metadata  # noqa: E402
-from export.onnx_uint8 import to_uint8  # noqa: E402
-from export.source import ExportError, Source  # noqa: E402
-from runtime.files import atomic_path  # noqa: E402
-from runtime.metadata import METADATA_KEY  # noqa: E402
-from runtime.quiet import native_stderr_silenced  # noqa: E402
-
-QUANTIZATIONS = ("float32", "int8")
+QUANTIZATIONS = ONNX_QUANTIZATIONS
 
 
 def float_onnx(source: Source, path: Path, opset: int | None) -> None:
@@ -100,7 +99,7 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "
 def within_budget(source: Source, prepared: Path, calibrations: Calibrations, budget: float,
                   budget_data: Path | None) -> Outcome:
     """The budget search (export/budget.py) over ONNX Runtime's remedies."""
-    from export.layers import onnx_layers
+    from edgeconv.export.layers import onnx_layers
 
     judge = Judge.for_source(source, budget_data)
     work = prepared.parent
@@ -137,8 +136,7 @@ def export(source: Source, quantize: str = "float32", out: Path | None = None, *
     """Convert, quantize if asked ("int8"), embed metadata and write atomically."""
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"ONNX quantization {quantize!r}: choose {' or '.join(QUANTIZATIONS)}")
-    path = output_path(out, source, "model_int8.onnx" if quantize == "int8"
-                       else "model_float.onnx")
+    path = output_path(out, source, file_name("onnx", quantize))
     described = recipe_metadata = None
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as work:
         float_path = Path(work) / "float.onnx"
@@ -174,7 +172,7 @@ def export(source: Source, quantize: str = "float32", out: Path | None = None, *
 def main(argv: list[str] | None = None) -> int:
     parser = exporter_parser(
         "export/to_onnx.py", __doc__, "python export/to_onnx.py runs/augmented --quantize int8",
-        "beside the model, model_float.onnx or model_int8.onnx", QUANTIZATIONS,
+        "beside the model, model_float32.onnx or model_int8.onnx", QUANTIZATIONS,
         "float32 (default) or static int8 quantization (QDQ)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the converter's)")
     parser.add_argument("--calibration-method", choices=tuple(CALIBRATION_METHODS),

@@ -15,18 +15,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
+from edgeconv.common.files import atomic_path
+from edgeconv.export.artifacts import TFLITE_QUANTIZATIONS, file_name
+from edgeconv.export.budget import Calibrations, Judge, Outcome, Recipe, search
+from edgeconv.export.cli import exporter_parser, output_path, run_exporter
+from edgeconv.export.golden import golden_entry, golden_photos
+from edgeconv.export.metadata import build_metadata
+from edgeconv.export.source import ExportError, Source
+from edgeconv.runtime.metadata import METADATA_KEY
+from edgeconv.runtime.quiet import native_stderr_silenced
 
-from export.budget import Calibrations, Judge, Outcome, Recipe, search  # noqa: E402
-from export.cli import exporter_parser, output_path, run_exporter  # noqa: E402
-from export.golden import golden_entry, golden_photos  # noqa: E402
-from export.metadata import build_metadata  # noqa: E402
-from export.source import ExportError, Source  # noqa: E402
-from runtime.files import atomic_path  # noqa: E402
-from runtime.metadata import METADATA_KEY  # noqa: E402
-from runtime.quiet import native_stderr_silenced  # noqa: E402
-
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+QUANTIZATIONS = TFLITE_QUANTIZATIONS
 
 
 def int8_converter(source: Source, images, io_type: str, float_allowed: bool = False):
@@ -126,7 +125,7 @@ def convert(source: Source, quantize: str, io_type: str, calibration: Path | Non
 def within_budget(source: Source, calibrations: Calibrations, io_type: str, budget: float,
                   budget_data: Path | None) -> Outcome:
     """The budget search (export/budget.py) over TFLite's remedies."""
-    from export.layers import tflite_layers
+    from edgeconv.export.layers import tflite_layers
 
     judge = Judge.for_source(source, budget_data)
 
@@ -172,7 +171,7 @@ def export(source: Source, quantize: str = "float32", out: Path | None = None, *
            io_type: str = "uint8", budget: float | None = None,
            budget_data: Path | None = None) -> Path:
     """Convert and write atomically (default: model_<quantize>.tflite beside the model)."""
-    path = output_path(out, source, f"model_{quantize}.tflite")
+    path = output_path(out, source, file_name("tflite", quantize))
     flatbuffer, _ = convert(source, quantize, io_type, calibration, calibration_size, budget,
                             budget_data)
     with atomic_path(path) as tmp:

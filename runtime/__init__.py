@@ -3,7 +3,7 @@
 Nothing here imports TensorFlow, Keras, train/ or export/.
 """
 
-from runtime.classifier import Classifier, Prediction
-from runtime.preprocess import PREPROCESSING, ImageError, load_image
+from edgeconv.runtime.classifier import Classifier, Prediction
+from edgeconv.runtime.preprocess import PREPROCESSING, ImageError, load_image
 
 __all__ = ["PREPROCESSING", "Classifier", "ImageError", "Prediction", "load_image"]

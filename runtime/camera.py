@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.classifier import Classifier, Prediction
-from runtime.hotswap import HotModel
-from runtime.text import display
+from edgeconv.runtime.classifier import Classifier, Prediction
+from edgeconv.runtime.hotswap import HotModel
+from edgeconv.runtime.pipeline import in_order
+from edgeconv.runtime.quiet import native_stderr_silenced
+from edgeconv.runtime.text import display
 
 
 class CameraError(RuntimeError):
@@ -52,7 +54,8 @@ def open_capture(source: str, width: int | None, height: int | None):
     except ImportError:
         raise CameraError("OpenCV is not installed: pip install opencv-python-headless"
                           ) from None
-    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    with native_stderr_silenced():  # OpenCV's "[ WARN ]" lines: the error below says it
+        capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not capture.isOpened():
         raise CameraError(f"{display(source)}: cannot open this camera or stream")
     if width:
@@ -118,45 +121,57 @@ def has_display() -> bool:
 def classified_frames(model: Classifier | HotModel, source: str, width: int | None = None,
                       height: int | None = None, every: int = 1,
                       max_frames: int | None = None
-                      ) -> Iterator[tuple[int, np.ndarray, Prediction]]:
-    """(frame index, RGB frame, prediction) for every `every`-th frame, at most `max_frames`.
+                      ) -> Iterator[tuple[int, np.ndarray, Prediction, float]]:
+    """(frame index, RGB frame, prediction, ms from capture to answer) for every `every`-th
+    frame, at most `max_frames`, in order.
 
-    With a HotModel, a replaced model file is picked up between frames."""
-    seen = 0
-    for index, frame in enumerate(frames(source, width, height)):
-        if max_frames is not None and seen >= max_frames:
-            return
-        if index % every:
-            continue
-        seen += 1
-        if isinstance(model, HotModel):
-            model.poll()
-            classifier = model.classifier
-        else:
-            classifier = model
-        yield index, frame, classifier.predict(frame)
+    Capture, conversion and inference overlap: while the model's workers (one per interpreter,
+    Classifier.split) convert and infer the frames in flight, the next is captured. With a
+    HotModel, a replaced model file is picked up between frames."""
+    def captured() -> Iterator[tuple[int, np.ndarray, float, Classifier]]:
+        seen = 0
+        for index, frame in enumerate(frames(source, width, height)):
+            if max_frames is not None and seen >= max_frames:
+                return
+            if index % every:
+                continue
+            seen += 1
+            if isinstance(model, HotModel):
+                model.poll()
+            yield index, frame, time.perf_counter(), current()
+
+    def current() -> Classifier:
+        return model.classifier if isinstance(model, HotModel) else model
+
+    def classify(item: tuple[int, np.ndarray, float, Classifier]) -> Prediction:
+        return item[3].predict(item[1])
+
+    for (index, frame, at, _), prediction in in_order(classify, captured(),
+                                                      current().plan.interpreters, ahead=0):
+        yield index, frame, prediction, (time.perf_counter() - at) * 1000
 
 
 def run_camera(model: Classifier | HotModel, source: str, width: int | None = None,
                height: int | None = None, every: int = 1, max_frames: int | None = None,
                show: bool | None = None, json_lines: bool = False) -> dict:
-    """Classify every `every`-th frame, a line each; return a summary. Ctrl-C ends cleanly."""
+    """Classify every `every`-th frame, a line each; return a summary (its latencies: from
+    a frame's capture to its answer). Ctrl-C ends cleanly."""
     show = has_display() if show is None else show
     counts: Counter = Counter()
-    latencies: list[float] = []
+    latencies: list[float] = []  # from capture to answer
     started = time.perf_counter()
     try:
-        for index, frame, prediction in classified_frames(model, source, width, height, every,
-                                                          max_frames):
-            latencies.append(prediction.ms)
+        for index, frame, prediction, latency in classified_frames(model, source, width, height,
+                                                                   every, max_frames):
+            latencies.append(latency)
             counts[prediction.label] += 1
             if json_lines:
                 print(json.dumps({"frame": index, **prediction.as_dict()}), flush=True)
             else:
                 ranked = sorted(prediction.scores.items(), key=lambda item: -item[1])
-                print(f"{prediction.ms:5.1f} ms  " + "  ".join(f"{name} {score:.2f}"
-                                                               for name, score in ranked),
-                      flush=True)
+                unsure = "unsure  " if prediction.label not in prediction.scores else ""
+                print(f"{prediction.ms:5.1f} ms  {unsure}" + "  ".join(
+                    f"{name} {score:.2f}" for name, score in ranked), flush=True)
             if show and not _draw(frame, prediction, len(latencies) /
                                   (time.perf_counter() - started)):
                 break
@@ -164,7 +179,7 @@ def run_camera(model: Classifier | HotModel, source: str, width: int | None = No
         pass
     elapsed = time.perf_counter() - started
     return {"frames": len(latencies), "counts": dict(counts),
-            "ms_p50": statistics.median(latencies) if latencies else None,
+            "latency_ms_p50": statistics.median(latencies) if latencies else None,
             "fps": len(latencies) / elapsed if elapsed > 0 else 0.0}
 
 

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
+import queue
+import statistics
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime import evaluate
-from runtime.confidence import NONE, Confidence
-from runtime.engines import open_engine
-from runtime.metadata import ModelFileError, read_metadata
-from runtime.preprocess import ImageError, ImageSource, load_image
-from runtime.text import display
+from edgeconv.runtime import evaluate
+from edgeconv.runtime.confidence import NONE, Confidence
+from edgeconv.runtime.engines import default_threads, open_engine
+from edgeconv.runtime.metadata import ModelFileError, read_metadata
+from edgeconv.runtime.pipeline import Costs, Plan, in_order, plan, thread_choices, timed_ms
+from edgeconv.runtime.preprocess import ImageError, ImageSource, load_image
+from edgeconv.runtime.text import display
 
 
 @dataclass
@@ -49,6 +49,11 @@ class Classifier:
     P(none) reaches the stored threshold; else below `min_score` (default: the metadata's
     `output.min_score`, else 0) on the calibrated probability the label is "unsure"; the
     scores are kept.
+
+    It starts with one interpreter of `threads` threads (default: all cores); `split()`
+    measures what a photo costs and replaces it with the interpreters that classify the most
+    photos/s within those threads (runtime.pipeline). Interpreters are not thread-safe: each
+    call takes a free one, so as many images infer at once as there are interpreters.
     """
 
     def __init__(self, model: str | os.PathLike, engine: str = "auto",
@@ -84,8 +89,12 @@ class Classifier:
         except (KeyError, TypeError, ValueError):
             raise ModelFileError(f"{model}: edgeconv metadata's threshold, min_score, "
                                  "temperature or none head is malformed") from None
-        self.engine = open_engine(model, engine, threads)
-        self._engine_lock = threading.Lock()  # engines are not thread-safe; decoding is
+        self.cap = threads or default_threads()  # threads of all interpreters together
+        self.engine = open_engine(model, engine, self.cap)  # the first; its name and checks
+        self.plan = Plan(1, self.cap, 0.0)
+        self.costs: Costs | None = None
+        self._free: queue.SimpleQueue = queue.SimpleQueue()  # interpreters not running now
+        self._free.put(self.engine)
         expected = (*self.size, 3)
         if any(n not in (e, -1) for n, e in zip(self.engine.image_shape, expected)) or \
                 len(self.engine.image_shape) != 3:
@@ -96,8 +105,12 @@ class Classifier:
         """Model outputs for uint8 images [N, h, w, 3], as the engine gives them: P(class 1)
         [N, 1] for a sigmoid head, class probabilities [N, k] for a softmax head, and P(none)
         in one more column for a model with a none head (decide() reads them)."""
-        with self._engine_lock:
-            return self.engine.run(images)
+        engine = self._free.get()
+        try:
+            outputs = engine.run(images)
+        finally:
+            self._free.put(engine)
+        return outputs
 
     def predict(self, source: ImageSource) -> Prediction:
         return self.predict_batch([source])[0]
@@ -109,35 +122,84 @@ class Classifier:
         ms = (time.perf_counter() - started) * 1000 / len(images)
         return [self.decide(output, ms) for output in outputs]
 
-    def predict_each(self, sources: Iterable[ImageSource], ahead: int = 4
-                     ) -> Iterator[tuple[ImageSource, Prediction | ImageError]]:
-        """Predict sources one by one, in order: (source, Prediction) or (source, ImageError).
+    def split(self) -> Plan:
+        """Open the interpreters that infer the most images/s where something else decodes
+        (serve's requests, camera frames): planned from inference ms on a blank image.
+        Call it before the classifier is shared between threads."""
+        engines = self._sizes()
+        blank = np.full((1, *self.size, 3), 128, np.uint8)
+        return self._use(Costs(0.0, {threads: timed_ms(lambda e=engine: e.run(blank), 3)
+                                     for threads, engine in engines.items()}), engines)
 
-        A background thread decodes up to `ahead` images while the engine runs on the current
-        one (Pillow and the engines release the GIL, so the two overlap). `sources` is read
-        lazily, so a long stream of paths never sits in memory as decoded images.
+    def predict_each(self, sources: Iterable[ImageSource], ahead: int = 4, split: bool = False
+                     ) -> Iterator[tuple[ImageSource, Prediction | ImageError]]:
+        """Predict sources in order: (source, Prediction) or (source, ImageError).
+
+        One worker per interpreter decodes a source and infers on it (Pillow and the engines
+        release the GIL, so they overlap); `sources` is read lazily, at most `ahead` beyond
+        the workers' own, so a long stream never sits in memory as decoded images. With
+        `split`, the first photos are classified one at a time, two on each interpreter size,
+        and what they cost chooses the interpreters for the rest (runtime.pipeline).
         A Prediction's `ms` is its own decode plus inference time.
         """
         sources = iter(sources)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-            pending: deque[tuple[ImageSource, Future]] = deque()
+        if split:
+            yield from self._measured(list(itertools.islice(
+                sources, 2 * len(thread_choices(self.cap)))))
+        yield from in_order(self._predict_or_error, sources, self.plan.interpreters, ahead)
 
-            def read_ahead() -> None:
-                for source in itertools.islice(sources, ahead + 1 - len(pending)):
-                    pending.append((source, pool.submit(self._timed_load, source)))
+    def _measured(self, first: list[ImageSource]
+                  ) -> Iterator[tuple[ImageSource, Prediction | ImageError]]:
+        """Classify `first` one at a time, timing decode and inference at each interpreter
+        size in turn; then open the interpreters their costs choose."""
+        engines = self._sizes()
+        decode: list[float] = []
+        infer: dict[int, list[float]] = {threads: [] for threads in engines}
+        for source in first:
+            image, decode_seconds = self._timed_load(source)
+            if isinstance(image, ImageError):
+                yield source, image
+                continue
+            threads = min(infer, key=lambda size: len(infer[size]))  # each size in turn
+            started = time.perf_counter()
+            output = engines[threads].run(image[None])
+            infer[threads].append(time.perf_counter() - started)
+            decode.append(decode_seconds)
+            output = output[:, 0] if output.shape[-1] == 1 else output
+            yield source, self.decide(output[0], (decode_seconds + infer[threads][-1]) * 1000)
+        blank = np.full((1, *self.size, 3), 128, np.uint8)
+        for threads, times in infer.items():  # too few photos (or good ones): a blank image
+            times += [timed_ms(lambda e=engines[threads]: e.run(blank), 1, 0) / 1000
+                      for _ in range(2 - len(times))]
+        self._use(Costs(statistics.median(decode) * 1000 if decode else 0.0,
+                        {threads: min(times) * 1000 for threads, times in infer.items()}),
+                  engines)
 
-            read_ahead()
-            while pending:
-                source, loading = pending.popleft()
-                read_ahead()
-                image, decode_seconds = loading.result()
-                if isinstance(image, ImageError):
-                    yield source, image
-                    continue
-                started = time.perf_counter()
-                output = self.probabilities(image[None])[0]
-                seconds = decode_seconds + time.perf_counter() - started
-                yield source, self.decide(output, seconds * 1000)
+    def _sizes(self) -> dict[int, object]:
+        """An interpreter of each size worth timing (1, 2, 4... threads, and all of them)."""
+        engines = {self.cap: self.engine}
+        for threads in thread_choices(self.cap)[:-1]:
+            engines[threads] = open_engine(self.path, self.engine.name, threads)
+        return engines
+
+    def _use(self, costs: Costs, engines: dict[int, object]) -> Plan:
+        """Plan from `costs` and open its interpreters (the timed one of its size among them)."""
+        self.costs, self.plan = costs, plan(costs, self.cap)
+        chosen = [engines[self.plan.threads]] + [
+            open_engine(self.path, self.engine.name, self.plan.threads)
+            for _ in range(self.plan.interpreters - 1)]
+        self.engine, self._free = chosen[0], queue.SimpleQueue()
+        for engine in chosen:
+            self._free.put(engine)
+        return self.plan
+
+    def _predict_or_error(self, source: ImageSource) -> Prediction | ImageError:
+        image, decode_seconds = self._timed_load(source)
+        if isinstance(image, ImageError):
+            return image
+        started = time.perf_counter()
+        output = self.probabilities(image[None])[0]
+        return self.decide(output, (decode_seconds + time.perf_counter() - started) * 1000)
 
     def _timed_load(self, source: ImageSource) -> tuple[np.ndarray | ImageError, float]:
         started = time.perf_counter()

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.metadata import ModelFileError, model_kind
-from runtime.quiet import native_stderr_silenced, one_line
+from edgeconv.runtime.kinds import KINDS, install_hint
+from edgeconv.runtime.metadata import ModelFileError, model_kind
+from edgeconv.runtime.quiet import native_stderr_silenced, one_line
 
-TFLITE_ENGINES = ("litert", "tflite-runtime")
-ENGINES = (*TFLITE_ENGINES, "onnxruntime")
+ENGINES = tuple(engine for kind in KINDS for engine in kind.engines)
 
 
 class EngineError(RuntimeError):
@@ -115,10 +115,10 @@ def open_engine(path: str | os.PathLike, engine: str = "auto", threads: int | No
     except OSError as error:
         raise ModelFileError(f"{path}: cannot read ({error.strerror or error})") from None
     kind = model_kind(path, head)
-    candidates = (TFLITE_ENGINES if kind == "tflite" else ("onnxruntime",))
+    candidates = kind.engines
     if engine != "auto":
         if engine not in candidates:
-            raise EngineError(f"{path}: a {kind} model cannot run in {engine}")
+            raise EngineError(f"{path}: {engine} does not run {kind.name} models")
         candidates = (engine,)
     for name in candidates:
         try:
@@ -127,6 +127,5 @@ def open_engine(path: str | os.PathLike, engine: str = "auto", threads: int | No
             return TFLiteEngine(path, threads, name)
         except ImportError:
             continue
-    hint = ("pip install ai-edge-litert (tflite-runtime on 32-bit Raspberry Pi OS)"
-            if kind == "tflite" else "pip install onnxruntime")
-    raise EngineError(f"no engine installed for {path.name} ({' or '.join(candidates)}): {hint}")
+    raise EngineError(f"no engine installed for {path.name} ({' or '.join(candidates)}): "
+                      f"{install_hint(kind)}")

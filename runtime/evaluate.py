@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.preprocess import list_images
-from runtime.tables import markdown_table, percent
+from edgeconv.runtime.preprocess import list_images
+from edgeconv.runtime.tables import markdown_table, percent
 
 UNSURE = "unsure"
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.classifier import Classifier
-from runtime.engines import EngineError
-from runtime.golden import self_test
-from runtime.metadata import ModelFileError, read_model_file
-from runtime.quiet import one_line
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.engines import EngineError
+from edgeconv.runtime.golden import self_test
+from edgeconv.runtime.metadata import ModelFileError, read_model_file
+from edgeconv.runtime.quiet import one_line
 
 
 def _log(message: str) -> None:

@@ -15,7 +15,8 @@ import stat
 import struct
 from pathlib import Path
 
-from runtime.text import display
+from edgeconv.runtime.kinds import ModelKind, kind_of
+from edgeconv.runtime.text import display
 
 METADATA_KEY = "edgeconv"
 METADATA_FORMAT = "edgeconv-model/1"
@@ -35,10 +36,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
     path = Path(path)
     data = read_model_file(path)
     kind = model_kind(path, data)
-    entries = tflite_metadata(data, path) if kind == "tflite" else onnx_metadata(data, path)
+    entries = READERS[kind.name](data, path)
     if METADATA_KEY not in entries:
         raise ModelFileError(f"{display(path)}: no edgeconv metadata; export it with "
-                             f"export/to_{kind}.py")
+                             f"export/to_{kind.name}.py")
     return public(parse_metadata(entries[METADATA_KEY], path))
 
 
@@ -106,13 +107,12 @@ def public(metadata: dict) -> dict:
     return metadata
 
 
-def model_kind(path: Path, data: bytes) -> str:
-    """'tflite' or 'onnx', from the file's content (falling back to its suffix)."""
-    if data[4:8] == b"TFL3":
-        return "tflite"
-    if path.suffix.lower() == ".onnx" or data[:1] == b"\x08":  # ModelProto starts ir_version
-        return "onnx"
-    raise ModelFileError(f"{display(path)}: not a TFLite or ONNX model")
+def model_kind(path: Path, data: bytes) -> ModelKind:
+    """The file's kind (runtime/kinds.py), from its content, falling back to its suffix."""
+    kind = kind_of(path, data)
+    if kind is None:
+        raise ModelFileError(f"{display(path)}: not a TFLite or ONNX model")
+    return kind
 
 
 def tflite_metadata(data: bytes, path: Path | str = "<tflite>") -> dict[str, bytes]:
@@ -251,3 +251,6 @@ def _protobuf_fields(data: bytes) -> list[tuple[int, bytes | int]]:
             raise ValueError("field past the end")
         fields.append((number, value))
     return fields
+
+
+READERS = {"tflite": tflite_metadata, "onnx": onnx_metadata}  # kind -> its metadata entries

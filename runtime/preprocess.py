@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from runtime.text import display
+from edgeconv.runtime.text import display
 
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 

@@ -74,26 +74,6 @@ def load_profile(name: str) -> dict:
         raise ProfileError(f"{path}: not valid JSON ({error})") from None
 
 
-def apply_profile(args, threads: int | None = None) -> None:
-    """Fill the flags a command line left unset (engine, threads, width, height, every, an
-    empty --camera) from `args.profile`, then the defaults; `threads` is the command's own
-    default (None: the engine's, all cores). Raises ProfileError for a bad profile or value."""
-    profile = load_profile(args.profile) if args.profile else {}
-    if args.model.suffix.lower() == ".onnx":
-        profile.pop("engine", None)  # a profile names its TFLite engine
-    defaults = {"engine": "auto", "threads": threads, "width": None, "height": None, "every": 1}
-    for key, default in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, profile.get(key) or default)  # threads 0 means the default
-    if args.camera == "":
-        args.camera = str(profile.get("camera", "0"))
-    if args.every < 1 or (args.threads is not None and args.threads < 1):
-        raise ProfileError("--every and --threads must be at least 1")
-    if args.min_score is not None and not 0 <= args.min_score <= 1:
-        raise ProfileError("--min-score must be between 0 and 1")
-
-
-
 if __name__ == "__main__":
     import sys
 

@@ -1,4 +1,5 @@
-"""A dependency-free progress bar, drawn on stderr only when stderr is a terminal."""
+"""A dependency-free progress bar on stderr: redrawn in place on a terminal, else (a log file,
+a pipe) a plain line every PLAIN_EVERY_S seconds, so a long run piped to a file is not silent."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
+PLAIN_EVERY_S = 5.0
 
 
 class ProgressBar:
@@ -30,6 +32,9 @@ class ProgressBar:
             self.last_draw = now
             sys.stderr.write("\r" + self.line(now - self.started))
             sys.stderr.flush()
+        elif not self.enabled and now - self.last_draw >= PLAIN_EVERY_S:
+            self.last_draw = now  # a log file or a pipe: a plain line every few seconds
+            print(self.line(now - self.started), file=sys.stderr, flush=True)
 
     def line(self, elapsed: float) -> str:
         rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0

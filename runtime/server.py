@@ -21,11 +21,11 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from runtime.camera import classified_frames, file_fps, is_live
-from runtime.confidence import NONE
-from runtime.evaluate import UNSURE
-from runtime.hotswap import HotModel
-from runtime.quiet import one_line
+from edgeconv.runtime.camera import classified_frames, file_fps, is_live
+from edgeconv.runtime.confidence import NONE
+from edgeconv.runtime.evaluate import UNSURE
+from edgeconv.runtime.hotswap import HotModel
+from edgeconv.runtime.quiet import one_line
 
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 250, 500, 1000)
 STREAM_WIDTH = 640  # frames are shrunk to this width for the preview
@@ -98,7 +98,8 @@ class Stats:
             lines += [f'edgeconv_answers_total{{answer="{answer}"}} {n}'
                       for answer, n in self.answers.items()]
         for name, value in extra.items():
-            lines += [f"# TYPE edgeconv_{name} gauge", f"edgeconv_{name} {value}"]
+            kind = "counter" if name.endswith("_total") else "gauge"  # Prometheus' naming rule
+            lines += [f"# TYPE edgeconv_{name} {kind}", f"edgeconv_{name} {value}"]
         return "\n".join(lines) + "\n"
 
 
@@ -193,8 +194,8 @@ class App:
         try:
             while not self.stop.is_set():
                 started, count = time.perf_counter(), 0
-                for index, frame, prediction in classified_frames(self.model, source, width,
-                                                                  height, every):
+                for index, frame, prediction, _ in classified_frames(self.model, source, width,
+                                                                     height, every):
                     count += 1
                     if period:  # wait for this frame's time in the file
                         self.stop.wait(max(0.0, started + count * period - time.perf_counter()))
@@ -220,6 +221,7 @@ class App:
         classifier = self.model.classifier
         return {"model": self.model.path.name, "metadata": classifier.metadata,
                 "engine": classifier.engine.name, "threads": classifier.engine.threads,
+                "interpreters": classifier.plan.interpreters,
                 "min_score": classifier.min_score, "profile": self.profile,
                 "uptime_s": round(time.time() - self.stats.started, 1),
                 "frames": self.stats.frames, "camera": self.live.running,

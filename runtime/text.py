@@ -21,3 +21,13 @@ def _escape(char: str) -> str:
         return _NAMED[char]
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def plural(count: int, word: str) -> str:
+    """"1 thread", "2 threads", "0 images"."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def counted(counts: dict[str, int]) -> str:
+    """"cats 12, dogs 3, unsure 1" (sorted by name); "" for none."""
+    return ", ".join(f"{label} {count}" for label, count in sorted(counts.items()))

@@ -24,12 +24,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from runtime.classifier import Prediction
-from runtime.guard import COOKIE, FORM_TYPE, Guard, body_type_allowed, top_level_navigation
-from runtime.listener import Limits
-from runtime.preprocess import ImageBusy, ImageError
-from runtime.quiet import one_line
-from runtime.server import App
+from edgeconv.runtime.classifier import Prediction
+from edgeconv.runtime.guard import COOKIE, FORM_TYPE, Guard, body_type_allowed, top_level_navigation
+from edgeconv.runtime.listener import Limits
+from edgeconv.runtime.preprocess import ImageBusy, ImageError
+from edgeconv.runtime.quiet import one_line
+from edgeconv.runtime.server import App
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_FORM_PARTS = 64  # a form holds one image; the page sends one part

@@ -100,7 +100,7 @@ def trained_run(real_data, tmp_path_factory):
 
 
 ARTIFACTS = [f"model_{q}.tflite" for q in ("float32", "float16", "dynamic", "int8")] + [
-    "model_float.onnx", "model_int8.onnx"]
+    "model_float32.onnx", "model_int8.onnx"]
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +128,7 @@ def confident_photos(run_dir: Path, folder: Path, count: int, margin: float = 0.
     label; a check of the benchmark's mechanics on ten photos must not depend on those."""
     import keras
 
-    from runtime.preprocess import load_image
+    from edgeconv.runtime.preprocess import load_image
 
     model = keras.saving.load_model(run_dir / "model.keras")
     photos = sorted(folder.iterdir())
@@ -175,7 +175,7 @@ def onnx_with_output(source: Path, out: Path, **output) -> Path:
 
     import onnx
 
-    from runtime.metadata import METADATA_KEY
+    from edgeconv.runtime.metadata import METADATA_KEY
 
     model = onnx.load(str(source))
     entry = next(p for p in model.metadata_props if p.key == METADATA_KEY)
@@ -189,16 +189,16 @@ def onnx_with_output(source: Path, out: Path, **output) -> Path:
 def impostor(model: Path, weights: Path, out: Path) -> Path:
     """`weights`' network under `model`'s metadata (golden outputs included): a device that
     runs it computes something other than the export recorded, and must refuse it."""
-    from runtime.metadata import read_metadata
+    from edgeconv.runtime.metadata import read_metadata
 
     metadata = read_metadata(model)
     assert metadata.get("golden"), f"{model} carries no golden outputs"
     if model.suffix == ".tflite":
-        from export.to_tflite import add_metadata
+        from edgeconv.export.to_tflite import add_metadata
 
         out.write_bytes(add_metadata(weights.read_bytes(), json.dumps(metadata).encode()))
     else:
-        from export.to_onnx import embed_metadata
+        from edgeconv.export.to_onnx import embed_metadata
 
         out.write_bytes(weights.read_bytes())
         embed_metadata(out, metadata)

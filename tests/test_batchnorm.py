@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from export.batchnorm import as_depthwise, standalone_batchnorms
+from edgeconv.export.batchnorm import as_depthwise, standalone_batchnorms
 
 
 def residual_model() -> keras.Model:

@@ -1,11 +1,11 @@
-"""export/benchmark.py: one row per format, statuses, JSON schema (not the timings)."""
+"""benchmarks/formats.py: one row per format, statuses, JSON schema (not the timings)."""
 
 import json
 import shutil
 
 from conftest import ARTIFACTS, confident_photos, run_script
 
-from runtime.classifier import Classifier
+from edgeconv.runtime.classifier import Classifier
 
 ROW_KEYS = {"run", "format", "file", "status", "macs_per_image", "size_mb", "accuracy",
             "agreement", "ms_p50", "ms_range", "images_per_second", "best_batch",
@@ -23,7 +23,7 @@ def test_benchmark_exports_what_is_missing_and_reports_a_broken_format(exported,
     for photo in confident_photos(exported, real_data / "test" / "cats", 10):
         shutil.copy(photo, test_cats)
     photos = sorted(test_cats.iterdir())
-    result = run_script("export/benchmark.py", run_dir, "--data", tmp_path / "data",
+    result = run_script("benchmarks/formats.py", run_dir, "--data", tmp_path / "data",
                         "--threads", "1,2", "--repeat", "1", "--json", tmp_path / "b.json",
                         "--report", tmp_path / "b.md", "--log", tmp_path / "runs.log",
                         cwd=tmp_path)
@@ -60,7 +60,7 @@ def test_benchmark_compares_chosen_formats_across_runs(exported, real_data, tmp_
     test_dogs.mkdir(parents=True)
     for photo in confident_photos(exported, real_data / "test" / "dogs", 4):
         shutil.copy(photo, test_dogs)
-    result = run_script("export/benchmark.py", tmp_path / "seed", tmp_path / "other",
+    result = run_script("benchmarks/formats.py", tmp_path / "seed", tmp_path / "other",
                         "--formats", "tflite INT8", "--data", tmp_path / "data", "--threads", "1",
                         "--repeat", "1", "--json", tmp_path / "b.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -71,7 +71,7 @@ def test_benchmark_compares_chosen_formats_across_runs(exported, real_data, tmp_
 
 
 def test_benchmark_rejects_an_unknown_format(exported, tmp_path):
-    result = run_script("export/benchmark.py", exported, "--formats", "tflite int4",
+    result = run_script("benchmarks/formats.py", exported, "--formats", "tflite int4",
                         cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown format 'tflite int4'" in result.stderr and "Traceback" not in result.stderr

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import run_script
 
-from runtime import camera
-from runtime.classifier import Classifier
+from edgeconv.runtime import camera
+from edgeconv.runtime.classifier import Classifier
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,20 @@ def test_a_stream_that_ends_early_stops_cleanly_with_a_summary(shipped, video):
     assert len(lines) == 4  # frames 0, 3, 6, 9 of 12
     assert all(" ms  " in line and ("cats" in line and "dogs" in line) for line in lines)
     assert "4 frames" in result.stderr and "FPS" in result.stderr
+    assert "ms from capture to answer" in result.stderr
+
+
+def test_frames_overlapped_on_split_interpreters_come_in_order_with_their_latency(shipped,
+                                                                                 video):
+    classifier = Classifier(shipped / "plus_int8.tflite", threads=2)
+    classifier.split()
+    got = list(camera.classified_frames(classifier, str(video), every=2))
+    assert [index for index, *_ in got] == [0, 2, 4, 6, 8, 10]
+    one_at_a_time = Classifier(shipped / "plus_int8.tflite")
+    for (_, frame, prediction, latency_ms), expected in zip(got, read_frames(video)[::2]):
+        assert np.array_equal(frame, expected)
+        assert prediction.scores == one_at_a_time.predict(expected).scores
+        assert latency_ms >= prediction.ms > 0  # capture to answer holds decode + inference
 
 
 def test_a_camera_that_cannot_be_opened_is_a_usage_error(shipped, tmp_path):

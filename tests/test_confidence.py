@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import run_script
 
-from runtime import Classifier
-from runtime.confidence import (
+from edgeconv.runtime import Classifier
+from edgeconv.runtime.confidence import (
     Confidence,
     calibrated,
     expected_calibration_error,
@@ -102,8 +102,8 @@ def test_int8_files_give_keras_none_decisions_on_99_percent_of_photos(shipped, r
                                                                        negatives, tmp_path):
     """plus_int8.tflite and .onnx against plus.keras, end to end from the JPEGs, on half the
     test cats and dogs and half the negatives (every source folder)."""
-    from export import parity
-    from export.source import Source
+    from edgeconv.export import parity
+    from edgeconv.export.source import Source
 
     for kind in ("cats", "dogs"):
         (tmp_path / kind).mkdir()

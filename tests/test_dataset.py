@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.dataset import DataError, find_dataset, load_split
+from edgeconv.train.dataset import DataError, find_dataset, load_split
 
 
 def make_dataset(root, classes=("cats", "dogs"), per_class=3, splits=("train", "validation",
@@ -38,7 +38,7 @@ def test_load_split_decodes_once_then_reads_the_cache(tmp_path, monkeypatch):
     def no_decoding(*args):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr("train.dataset.load_image", no_decoding)
+    monkeypatch.setattr("edgeconv.train.dataset.load_image", no_decoding)
     again, _ = load_split(dataset, "train", (20, 30))
     assert np.array_equal(images, again)
 
@@ -74,7 +74,7 @@ def test_an_unreadable_training_image_is_a_clear_error(tmp_path):
 
 def test_the_cache_is_a_memory_map_that_gives_the_batches_of_photos_in_memory(
         tmp_path, monkeypatch):
-    from train.trainer import BatchStream
+    from edgeconv.train.trainer import BatchStream
 
     dataset = find_dataset(make_dataset(tmp_path / "d", per_class=7))
     cached, labels = load_split(dataset, "train", (20, 30))

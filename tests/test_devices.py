@@ -16,9 +16,9 @@ import pytest
 import sshd
 from conftest import MODELS, REPO, free_port, impostor, run_script
 
-from runtime.classifier import Classifier
-from runtime.metadata import read_metadata
-from runtime.profiles import ProfileError, available, detect, load_profile
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.metadata import read_metadata
+from edgeconv.runtime.profiles import ProfileError, available, detect, load_profile
 
 PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
 USER = "edgeconv-deploy"
@@ -119,7 +119,7 @@ def test_classify_applies_a_profile_and_flags_override_it(shipped):
     result = run_script("runtime/classify", model, PHOTO, "--profile", "raspberry-pi-32bit",
                         "--engine", "litert", "--threads", "1")
     assert result.returncode == 0, result.stderr
-    assert "(litert, 1 threads)" in result.stdout
+    assert "(litert, 1 interpreter x 1 thread)" in result.stdout
 
 
 def clean_copy(tmp_path: Path) -> Path:

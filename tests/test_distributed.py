@@ -129,7 +129,7 @@ def test_device_errors_are_one_line_with_exit_2(real_data, tmp_path, args, messa
 
 @pytest.mark.slow
 def test_memory_benchmark_prints_peak_rss_for_every_cache_mode(real_data, tmp_path):
-    result = run_script("train/bench_memory.py", "--data", real_data, "--sizes", "40",
+    result = run_script("benchmarks/memory.py", "--data", real_data, "--sizes", "40",
                         "--steps", "1", "--json", tmp_path / "memory.json")
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads((tmp_path / "memory.json").read_text())["peak_rss_mb"]["40"]

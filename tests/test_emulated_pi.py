@@ -27,7 +27,7 @@ import pytest
 import sshd
 from conftest import REPO, free_port, run_script
 
-from runtime.profiles import load_profile
+from edgeconv.runtime.profiles import load_profile
 
 pytestmark = pytest.mark.system
 
@@ -251,7 +251,7 @@ def float_models(tiny_run, tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(tiny_run, run)
     result = run_script("export/all.py", run, "--formats", "TFLite float32,ONNX float32")
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    return {".tflite": run / "model_float32.tflite", ".onnx": run / "model_float.onnx"}
+    return {".tflite": run / "model_float32.tflite", ".onnx": run / "model_float32.onnx"}
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +282,7 @@ def int8_tolerance(model: Path) -> float:
     and the output's int8 tensors, so one step of the logit (at most a quarter of it through
     the sigmoid) adds to the output's step."""
     if model.suffix == ".tflite":
-        from runtime.engines import open_engine
+        from edgeconv.runtime.engines import open_engine
 
         return open_engine(model).output["quantization"][0] + 1e-6
     import onnx

@@ -8,10 +8,10 @@ import sys
 import pytest
 from conftest import ARTIFACTS, REPO, onnx_with_output, run_script
 
-from export import parity
-from runtime.classifier import Classifier
-from runtime.evaluate import decide, labelled_images
-from runtime.metadata import ModelFileError, read_metadata
+from edgeconv.export import parity
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.evaluate import decide, labelled_images
+from edgeconv.runtime.metadata import ModelFileError, read_metadata
 
 
 def test_six_artifacts_with_the_expected_sizes(exported):
@@ -20,7 +20,7 @@ def test_six_artifacts_with_the_expected_sizes(exported):
     assert 6.5 < sizes["model_float16.tflite"] < 7.5
     for name in ("model_dynamic.tflite", "model_int8.tflite", "model_int8.onnx"):
         assert 3.2 < sizes[name] < 4.0, name
-    assert 13.5 < sizes["model_float.onnx"] < 14.5
+    assert 13.5 < sizes["model_float32.onnx"] < 14.5
     assert not list(exported.glob(".*")), "temporary files left behind"
 
 
@@ -29,7 +29,7 @@ def test_metadata_reads_back_and_classifies_without_tensorflow(exported, real_da
 import json, sys
 sys.modules["tensorflow"] = None  # any import of TensorFlow now fails
 sys.modules["keras"] = None
-from runtime.classifier import Classifier
+from edgeconv.runtime.classifier import Classifier
 out = {{}}
 for name in {ARTIFACTS!r}:
     classifier = Classifier({str(exported)!r} + "/" + name)
@@ -70,7 +70,7 @@ def test_parity_gates_pass_on_real_photos(exported, real_data, tmp_path):
     rows = {row["artifact"]: row for row in report["artifacts"]}
     assert set(rows) == set(ARTIFACTS)
     assert all(row["images"] == 1000 and row["passed"] for row in rows.values())
-    for name in ("model_float32.tflite", "model_float.onnx"):
+    for name in ("model_float32.tflite", "model_float32.onnx"):
         assert rows[name]["agreement"] == 1.0 and rows[name]["max_abs_dp"] <= 1e-4
     assert (tmp_path / "parity_model_int8_tflite.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -146,7 +146,7 @@ def test_all_exports_what_is_missing_then_nothing(tiny_run, few_photos, tmp_path
     assert unknown.returncode == 2 and "unknown format 'tflite int4'" in unknown.stderr
 
     files = [tiny_run / name for name in ("model_float32.tflite", "model_int8.tflite",
-                                          "model_float.onnx", "model_int8.onnx")]
+                                          "model_float32.onnx", "model_int8.onnx")]
     for path in files:
         metadata = read_metadata(path)
         assert metadata["source_model"]["recipe"] == "tiny"
@@ -160,8 +160,8 @@ def test_all_exports_what_is_missing_then_nothing(tiny_run, few_photos, tmp_path
 
 
 def test_parity_check_uses_the_threshold_in_the_models_metadata(shipped, few_photos, tmp_path):
-    from export.parity import check
-    from export.source import Source
+    from edgeconv.export.parity import check
+    from edgeconv.export.source import Source
 
     strict = onnx_with_output(shipped / "plus_int8.onnx", tmp_path / "strict.onnx",
                               threshold=0.9)  # "dogs" only when P(dogs) >= 0.9
@@ -181,7 +181,7 @@ def test_parity_check_uses_the_threshold_in_the_models_metadata(shipped, few_pho
 
 def test_calibration_is_described_by_name_count_and_digest_never_a_path(shipped, real_data,
                                                                         tmp_path):
-    from export.source import Source, calibration_set
+    from edgeconv.export.source import Source, calibration_set
 
     photos = sorted((real_data / "train" / "cats").glob("*.jpg"))[:4]
     described = []

@@ -25,8 +25,8 @@ import pytest
 import sshd
 from conftest import MODELS, REPO, impostor, run_script
 
-from runtime.classifier import Classifier
-from runtime.profiles import available, load_profile
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.profiles import available, load_profile
 
 ANSIBLE = Path(sys.executable).parent
 PROFILE = "linux-x86_64"

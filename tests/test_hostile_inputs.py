@@ -11,10 +11,10 @@ from conftest import MODELS, REPO, run_script
 sys.path.insert(0, str(REPO / "tests" / "reliability"))
 
 import hostile  # noqa: E402
-from serve_process import Server  # noqa: E402
 
-from runtime.metadata import read_metadata  # noqa: E402
-from runtime.text import display  # noqa: E402
+from edgeconv.benchmarks.server import Server  # noqa: E402
+from edgeconv.runtime.metadata import read_metadata  # noqa: E402
+from edgeconv.runtime.text import display  # noqa: E402
 
 PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
 

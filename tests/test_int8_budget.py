@@ -9,7 +9,7 @@ import pytest
 from conftest import MODELS, impostor, run_script
 from PIL import Image
 
-from runtime.metadata import read_metadata
+from edgeconv.runtime.metadata import read_metadata
 
 
 def export(run_dir, script, *args):
@@ -62,8 +62,8 @@ def test_golden_self_test_passes_here_and_refuses_another_models_weights(tiny_in
 
 
 def test_hot_swap_refuses_a_model_whose_golden_outputs_differ(tiny_int8, shipped, tmp_path):
-    from runtime.classifier import Classifier
-    from runtime.hotswap import HotModel
+    from edgeconv.runtime.classifier import Classifier
+    from edgeconv.runtime.hotswap import HotModel
 
     live = tmp_path / "current.tflite"
     shutil.copy(tiny_int8 / "tiny.tflite", live)

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from export.batchnorm import standalone_batchnorms
-from train.augment import RandomAffine, RandomErasing
-from train.model import ARCHITECTURES, build_model, build_plus_model, count_macs
+from edgeconv.export.batchnorm import standalone_batchnorms
+from edgeconv.train.augment import RandomAffine, RandomErasing
+from edgeconv.train.model import ARCHITECTURES, build_model, build_plus_model, count_macs
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])

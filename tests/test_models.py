@@ -7,8 +7,8 @@ import re
 import pytest
 from conftest import MODELS, run_script
 
-from runtime.metadata import read_metadata
-from runtime.tables import percent
+from edgeconv.runtime.metadata import read_metadata
+from edgeconv.runtime.tables import percent
 
 
 def index() -> dict:
@@ -63,8 +63,8 @@ def test_classify_eval_gives_exactly_the_accuracy_on_each_card(shipped, real_dat
 
 @pytest.mark.slow
 def test_shipped_plus_model_passes_the_int8_gates_against_its_keras_model(shipped, real_data):
-    from export.parity import check
-    from export.source import Source
+    from edgeconv.export.parity import check
+    from edgeconv.export.source import Source
 
     found = check(Source(shipped / "plus.keras"),
                   [shipped / "plus_int8.tflite", shipped / "plus_int8.onnx"], real_data / "test")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import MODELS, REPO
 
-from export.onnx_uint8 import quantized_initializers, signed_tensors
+from edgeconv.export.onnx_uint8 import quantized_initializers, signed_tensors
 
 # Photos whose label the int8-weight file flipped on an AVX2-only CPU, and a few others.
 PHOTOS = ["cats/cat.1564.jpg", "cats/cat.1585.jpg", "cats/cat.1641.jpg", "cats/cat.1501.jpg",

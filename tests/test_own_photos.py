@@ -15,10 +15,10 @@ import subprocess
 
 import pytest
 from conftest import run_script
-from serve_process import Server
 from test_train import start_and_wait_for_first_epoch
 
-from runtime.metadata import read_metadata
+from edgeconv.benchmarks.server import Server
+from edgeconv.runtime.metadata import read_metadata
 
 PETS = re.compile(r"(?<![a-z])(cat|dog)s?(?![a-z])", re.IGNORECASE)
 SPLIT = ["--train", "24", "--validation", "8", "--test", "8"]  # photos per class

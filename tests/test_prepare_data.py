@@ -13,9 +13,9 @@ import pytest
 from conftest import run_script
 from PIL import Image
 
-from train.dataset import dataset_digest, find_dataset
-from train.download import DownloadError, download
-from train.split import assign, split_sizes
+from edgeconv.train.dataset import dataset_digest, find_dataset
+from edgeconv.train.download import DownloadError, download
+from edgeconv.train.split import assign, split_sizes
 
 SPLIT_ARGS = ["--train", "3", "--validation", "2", "--test", "1"]
 

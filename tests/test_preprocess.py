@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.preprocess import MAX_PIXELS, ImageError, load_image
+from edgeconv.runtime.preprocess import MAX_PIXELS, ImageError, load_image
 
 
 def save(image: Image.Image, path, **options):
@@ -109,7 +109,7 @@ def test_missing_file_raises_image_error(tmp_path):
 
 
 def test_small_jpegs_take_the_full_decode_path_unchanged(real_data):
-    from runtime.preprocess import open_image
+    from edgeconv.runtime.preprocess import open_image
 
     for photo in sorted((real_data / "test" / "cats").iterdir())[:20]:
         assert open_image(photo, 150).size == Image.open(photo).size  # no reduced decode
@@ -117,7 +117,7 @@ def test_small_jpegs_take_the_full_decode_path_unchanged(real_data):
 
 
 def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_stays_close(real_data):
-    from runtime.preprocess import open_image
+    from edgeconv.runtime.preprocess import open_image
 
     photo = real_data / "test" / "dogs" / "dog.1501.jpg"
     buffer = io.BytesIO()
@@ -134,7 +134,7 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_stays_close(real_data):
 def test_special_files_are_reported_never_read_forever(tmp_path):
     import os
 
-    from runtime.preprocess import list_images
+    from edgeconv.runtime.preprocess import list_images
 
     os.mkfifo(tmp_path / "fifo.jpg")
     (tmp_path / "zero.jpg").symlink_to("/dev/zero")
@@ -152,7 +152,7 @@ def test_special_files_are_reported_never_read_forever(tmp_path):
 
 
 def test_a_name_that_is_not_one_printable_line_is_escaped():
-    from runtime.preprocess import display
+    from edgeconv.runtime.preprocess import display
 
     assert display("new\nline.jpg") == "new\\nline.jpg"
     assert display(b"bad-\xff.jpg".decode("utf-8", "surrogateescape")) == "bad-\\udcff.jpg"
@@ -183,7 +183,7 @@ def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding():
 
 
 def test_sixteen_bit_images_convert_without_floats_as_before():
-    from runtime.preprocess import to_rgb
+    from edgeconv.runtime.preprocess import to_rgb
 
     values = np.arange(0, 65536, 7, dtype=np.uint16)[:9000].reshape(90, 100)
     image = Image.fromarray(values)
@@ -199,7 +199,7 @@ def test_a_large_image_within_budget_is_reduced_before_conversion():
 
 
 def test_decodes_wait_for_a_slot_then_report_busy():
-    from runtime.preprocess import DECODE_SLOTS, ImageBusy
+    from edgeconv.runtime.preprocess import DECODE_SLOTS, ImageBusy
 
     data = encoded(halves(400, 300), "PNG")
     taken = 0

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from train.model import ARCHITECTURES
-from train.recipes import ARCHITECTURE_NAMES, RECIPES, parse_settings, with_settings
-from train.trainer import AdamW, SparseCrossentropy, new_optimizer, new_training_model
+from edgeconv.train.model import ARCHITECTURES
+from edgeconv.train.recipes import ARCHITECTURE_NAMES, RECIPES, parse_settings, with_settings
+from edgeconv.train.trainer import AdamW, SparseCrossentropy, new_optimizer, new_training_model
 
 
 def test_seed_recipes_are_the_books():

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from runtime.classifier import Classifier
+from edgeconv.runtime.classifier import Classifier
 
 ENVIRONMENTS = {
     "litert": ["numpy", "pillow", "ai-edge-litert", "pytest"],
@@ -33,13 +33,16 @@ def thin_venvs(tmp_path_factory):
             subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
             subprocess.run([str(folder / "bin" / "pip"), "install", "-q", *ENVIRONMENTS[name]],
                            check=True, capture_output=True, timeout=900)
+            # The import name edgeconv as a device gets it (install.sh): no pip install.
+            subprocess.run([str(folder / "bin" / "python"), "-I",
+                            str(REPO / "devices" / "link_package.py"), str(REPO)], check=True)
             _VENVS[name] = str(folder / "bin" / "python")
         return _VENVS[name]
     return build
 
 
 def run_in(python: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     return subprocess.run([python, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
 

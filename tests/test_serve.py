@@ -17,10 +17,10 @@ from pathlib import Path
 import cv2
 import pytest
 from conftest import REPO
-from serve_process import Server
 
-from runtime.classifier import Classifier
-from runtime.hotswap import HotModel
+from edgeconv.benchmarks.server import Server
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.hotswap import HotModel
 
 PHOTO = REPO / "devices" / "selftest" / "cat.jpg"
 
@@ -314,7 +314,7 @@ def test_chromium_shows_the_live_label(server):
 @pytest.mark.slow
 def test_load_benchmark_prints_its_figures(shipped, real_data):
     result = subprocess.run(
-        [sys.executable, str(REPO / "devices" / "bench_serve.py"), shipped / "plus_int8.tflite",
+        [sys.executable, str(REPO / "benchmarks" / "serve.py"), shipped / "plus_int8.tflite",
          real_data / "test" / "cats", "--clients", "2", "--requests", "30", "--viewers", "2",
          "--seconds", "1"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

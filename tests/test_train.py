@@ -41,8 +41,8 @@ def test_short_real_run_learns_and_writes_every_artifact(quick_run, real_data):
 
 def test_saved_model_is_float32_and_reproduces_the_reported_accuracy(quick_run, real_data):
     out, _ = quick_run
-    from train.dataset import find_dataset, load_split
-    from train.session import predict_labels
+    from edgeconv.train.dataset import find_dataset, load_split
+    from edgeconv.train.session import predict_labels
 
     model = keras.saving.load_model(out / "model.keras")
     assert {w.dtype for w in model.weights} == {"float32"}
@@ -171,7 +171,7 @@ def test_help_lists_every_recipe():
 
 @pytest.mark.slow
 def test_training_throughput_benchmark_runs_every_pipeline(real_data, tmp_path):
-    result = run_script("train/benchmark.py", "--data", real_data, "--steps", "2",
+    result = run_script("benchmarks/train.py", "--data", real_data, "--steps", "2",
                         "--repeats", "1", "--json", tmp_path / "throughput.json")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((tmp_path / "throughput.json").read_text())["rows"]
@@ -199,6 +199,6 @@ def cpuinfo(vendor: str, *flags: str) -> str:
     ("GenuineIntel", ["avx512_bf16_typo"], "float32"),       # whole flags, not substrings
 ])
 def test_auto_precision_takes_bfloat16_only_where_it_trains_faster(vendor, flags, expected):
-    from train.environment import cpu_precision
+    from edgeconv.train.environment import cpu_precision
 
     assert cpu_precision(cpuinfo(vendor, *flags)) == expected

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from runtime.quiet import native_stderr_silenced
+from edgeconv.runtime.quiet import native_stderr_silenced
 
 
 def import_keras():

@@ -29,18 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from runtime.confidence import (  # noqa: E402
+from edgeconv.common.files import write_json
+from edgeconv.runtime.confidence import (
     calibrated,
     expected_calibration_error,
     reliability_bins,
     top_scores,
 )
-from runtime.files import write_json  # noqa: E402
-from runtime.preprocess import list_images, load_image  # noqa: E402
-from runtime.tables import markdown_table, percent  # noqa: E402
-from train.backend import import_keras  # noqa: E402
+from edgeconv.runtime.preprocess import list_images, load_image
+from edgeconv.runtime.tables import markdown_table, percent
+from edgeconv.train.backend import import_keras
 
 TARGET_VALIDATION_NONE = 0.01  # the share of validation cats and dogs the cut may call none
 HEAD_WIDTH = 128
@@ -162,7 +160,7 @@ def truth_of(files: list[Path], classes: list[str]) -> np.ndarray:
 
 
 def plot_reliability(before: list, after: list, path: Path, title: str) -> None:
-    from train.plots import pyplot, save_figure
+    from edgeconv.train.plots import pyplot, save_figure
 
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(4.6, 4.6))

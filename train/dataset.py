@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.files import atomic_path
-from runtime.preprocess import ImageError, list_images, load_image
-from runtime.progress import progress
+from edgeconv.common.files import atomic_path
+from edgeconv.runtime.preprocess import ImageError, list_images, load_image
+from edgeconv.runtime.progress import progress
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_DATA = Path("data/cats_and_dogs_small")

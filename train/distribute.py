@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from train.backend import import_keras
+from edgeconv.train.backend import import_keras
 
 
 class DeviceError(Exception):

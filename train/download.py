@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from runtime.progress import ProgressBar
+from edgeconv.runtime.progress import ProgressBar
 
 CHUNK = 1 << 20
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from runtime.system import cpu_flags, cpu_name, cpuinfo
+from edgeconv.common.system import cpu_flags, cpu_name, cpuinfo
 
 
 def environment() -> dict:
@@ -50,7 +50,7 @@ def auto_precision() -> str:
 
 
 def cpu_precision(info: str | None = None) -> str:
-    """bfloat16 on CPUs where it was measured to train faster (`train/benchmark.py`), else float32.
+    """bfloat16 on CPUs where it was measured to train faster (`benchmarks/train.py`), else float32.
 
     An AMD EPYC with AVX512-BF16 trained 1.6-1.8x faster in bfloat16; an Intel Xeon with
     AVX512-BF16 but no AMX trained 28% slower. On Intel, bfloat16 is taken only with AMX, the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.files import atomic_path
+from edgeconv.common.files import atomic_path
 
 
 def pyplot():

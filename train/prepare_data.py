@@ -28,14 +28,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from runtime.files import write_json  # noqa: E402
-from runtime.preprocess import ImageError, is_image_file, open_image  # noqa: E402
-from runtime.progress import ProgressBar, progress  # noqa: E402
-from train.dataset import SPLITS, data_digest  # noqa: E402
-from train.download import DownloadError, download  # noqa: E402
-from train.split import Amount, SplitError, assign, parse_amount  # noqa: E402
+from edgeconv.common.files import write_json
+from edgeconv.runtime.preprocess import ImageError, is_image_file, open_image
+from edgeconv.runtime.progress import ProgressBar, progress
+from edgeconv.train.dataset import SPLITS, data_digest
+from edgeconv.train.download import DownloadError, download
+from edgeconv.train.split import Amount, SplitError, assign, parse_amount
 
 PETIMAGES_URL = ("https://download.microsoft.com/download/3/E/1/"
                  "3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip")

@@ -16,12 +16,10 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from train.dataset import DEFAULT_DATA, DataError  # noqa: E402
-from train.distribute import DeviceError, parse_devices  # noqa: E402
-from train.recipes import RECIPES, parse_settings, with_settings  # noqa: E402
-from train.session import Options, train  # noqa: E402
+from edgeconv.train.dataset import DEFAULT_DATA, DataError
+from edgeconv.train.distribute import DeviceError, parse_devices
+from edgeconv.train.recipes import RECIPES, parse_settings, with_settings
+from edgeconv.train.session import Options, train
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.evaluate import accuracy, confusion_matrix, decide
-from runtime.files import atomic_path, remove_partial_files, write_json
-from train.backend import import_keras
-from train.dataset import DataError, dataset_digest, find_dataset, load_split, resolve_data
-from train.recipes import RECIPES, with_settings
+from edgeconv.common.files import atomic_path, remove_partial_files, write_json
+from edgeconv.runtime.evaluate import accuracy, confusion_matrix, decide
+from edgeconv.runtime.text import plural
+from edgeconv.train.backend import import_keras
+from edgeconv.train.dataset import DataError, dataset_digest, find_dataset, load_split, resolve_data
+from edgeconv.train.recipes import RECIPES, with_settings
 
 RUN_FILE = "run.json"
 
@@ -50,7 +51,8 @@ def train(options: Options) -> int:
     config, recipe, dataset, devices = plan(options, previous)
     if previous and (options.out / "metrics.json").exists() \
             and previous["epochs"] == config["epochs"]:
-        print(f"{options.out}: run already complete ({config['epochs']} epochs); nothing to do")
+        print(f"{options.out}: run already complete ({plural(config['epochs'], 'epoch')}); "
+              "nothing to do")
         return 0
     print(f"data {config['data']}: classes {dataset.classes}, images per class "
           f"{ {split: dataset.counts(split) for split in dataset.splits} }")
@@ -69,12 +71,13 @@ def train(options: Options) -> int:
               "weights of its best epoch by validation accuracy")
     write_json(options.out / RUN_FILE, config)
 
-    from train import trainer
+    from edgeconv.train import trainer
 
     keras = import_keras()
-    print(f"recipe {recipe.name}: {config['epochs']} epochs, batch {config['batch_size']}, "
-          f"precision {config['precision']}, backend {keras.backend.backend()}, "
-          f"{devices.count} device(s) {', '.join(devices.names)}")
+    print(f"recipe {recipe.name}: {plural(config['epochs'], 'epoch')}, batch "
+          f"{config['batch_size']}, precision {config['precision']}, backend "
+          f"{keras.backend.backend()}, {plural(devices.count, 'device')} "
+          f"{', '.join(devices.names)}")
     verbose = options.verbose if options.verbose is not None else (
         1 if sys.stdout.isatty() else 2)
     try:
@@ -83,8 +86,8 @@ def train(options: Options) -> int:
                         config["epochs"], config["batch_size"], config["seed"],
                         verbose=verbose, devices=devices.count, part=devices.part)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {state['epoch']} of {config['epochs']} epochs are saved in "
-              f"{options.out}; continue with: python train/run.py --out {options.out} --resume",
+        print(f"\ninterrupted: {state['epoch']} of {plural(config['epochs'], 'epoch')} are "
+              f"saved in {options.out}; continue with: edgeconv train --out {options.out} --resume",
               file=sys.stderr)
         return 130
     ended_early = None
@@ -96,7 +99,7 @@ def train(options: Options) -> int:
     metrics = finish(options.out, model, state, config, recipe, dataset, validation_set, steps,
                      devices.count, ended_early)
     print(f"test accuracy {metrics['test_accuracy']:.4f}, validation "
-          f"{metrics['val_accuracy']:.4f} | {config['epochs']} epochs in "
+          f"{metrics['val_accuracy']:.4f} | {plural(config['epochs'], 'epoch')} in "
           f"{metrics['train_seconds']:.0f} s, {metrics['images_per_second']:.0f} images/s | "
           f"{options.out / 'model.keras'}")
     return 0
@@ -134,8 +137,8 @@ def plan(options: Options, previous: dict | None):
     data = resolve_data(options.data or (Path(previous["data"]) if previous else None))
     dataset = find_dataset(data, limit=chosen("limit"))
     import_keras()  # quietly, before train.model imports it: after the quick data errors
-    from train.distribute import choose_devices, join_processes
-    from train.model import INPUT_SHAPE
+    from edgeconv.train.distribute import choose_devices, join_processes
+    from edgeconv.train.model import INPUT_SHAPE
 
     if options.processes > 1:
         join_processes(options.coordinator, options.processes, options.process_id)
@@ -143,7 +146,7 @@ def plan(options: Options, previous: dict | None):
 
     precision = options.precision
     if precision == "auto":
-        from train.environment import auto_precision
+        from edgeconv.train.environment import auto_precision
 
         precision = previous.get("precision") or auto_precision()
     config = {
@@ -171,8 +174,8 @@ def plan(options: Options, previous: dict | None):
 
 def start_or_resume(out: Path, config: dict, recipe, steps: int, resumed: bool):
     """(model, state): the last checkpoint of a resumed run, else a new compiled model."""
-    from train import trainer
-    from train.augment import RandomAffine  # noqa: F401  (registers the layer for loading)
+    from edgeconv.train import trainer
+    from edgeconv.train.augment import RandomAffine  # noqa: F401  (registers the layer for loading)
 
     keras = import_keras()
     state_file = out / trainer.STATE_FILE
@@ -198,7 +201,7 @@ def predict_labels(model, images):
     record)."""
     import numpy as np
 
-    from train.trainer import Batches
+    from edgeconv.train.trainer import Batches
 
     return decide(np.asarray(model.predict(Batches(images), verbose=0), np.float64))
 
@@ -206,10 +209,10 @@ def predict_labels(model, images):
 def finish(out: Path, model, state: dict, config: dict, recipe, dataset, validation_set,
            steps: int, devices: int = 1, ended_early: dict | None = None) -> dict:
     """Save the float32 model, score it on validation and test, write metrics and curves."""
-    from train import trainer
-    from train.environment import environment
-    from train.model import count_macs
-    from train.plots import plot_curves
+    from edgeconv.train import trainer
+    from edgeconv.train.environment import environment
+    from edgeconv.train.model import count_macs
+    from edgeconv.train.plots import plot_curves
 
     started = time.monotonic()
     final = trainer.inference_model(model, recipe, len(dataset.classes),

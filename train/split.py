@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from train.dataset import SPLITS
+from edgeconv.train.dataset import SPLITS
 
 Amount = int | float
 

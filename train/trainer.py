@@ -9,10 +9,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from runtime.files import atomic_path, write_json
-from train.augment import RandomAffine, RandomErasing
-from train.model import ARCHITECTURES
-from train.recipes import Recipe
+from edgeconv.common.files import atomic_path, write_json
+from edgeconv.runtime.text import plural
+from edgeconv.train.augment import RandomAffine, RandomErasing
+from edgeconv.train.model import ARCHITECTURES
+from edgeconv.train.recipes import Recipe
 
 STATE_FILE = "state.json"
 
@@ -166,10 +167,11 @@ class Estimate(keras.callbacks.Callback):
         elif batch == self.last:
             per_step = (time.monotonic() - self.started) / batch
             epoch = self.steps * per_step + self.validation_images / self.batch_size / 3 * per_step
-            print(f"\nexpected: about {duration(self.epochs * epoch)} for {self.epochs} "
-                  f"epoch(s), {duration(epoch)} each ({self.batch_size / per_step:.0f} "
-                  "images/s); Ctrl-C keeps every whole epoch, and --resume --epochs N then "
-                  "ends the run early with its best one", flush=True)
+            print(f"\nexpected: about {duration(self.epochs * epoch)} for "
+                  f"{plural(self.epochs, 'epoch')}, {duration(epoch)} each "
+                  f"({self.batch_size / per_step:.0f} images/s); Ctrl-C keeps every whole "
+                  "epoch, and --resume --epochs N then ends the run early with its best one",
+                  flush=True)
             self.done = True
 
 

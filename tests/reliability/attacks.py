@@ -29,8 +29,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import serve_process
-from serve_process import Server
+import edgeconv.benchmarks.server as serve_process
+from edgeconv.benchmarks.server import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 PEAK_RSS_MB = 300

@@ -33,11 +33,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from edgeconv.runtime.tables import markdown_table
+from edgeconv.runtime.text import display
 
-from runtime.tables import markdown_table  # noqa: E402
-from runtime.text import display  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 TIMEOUT = 60
 
@@ -422,7 +421,7 @@ def model_file_cases(models: list[Path]) -> dict[str, tuple[str, Callable[[Path]
             path, 600 * 2**20))),
     }
     if onnx is not None:
-        from runtime.metadata import read_metadata
+        from edgeconv.runtime.metadata import read_metadata
 
         data, metadata = onnx.read_bytes(), read_metadata(onnx)
         deep = b"[" * 100_000 + b"]" * 100_000

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One table across every format: status, size, accuracy, agreement, speed, start-up, memory.
 
-  python export/benchmark.py RUN_DIR [RUN_DIR ...] [--formats F,...] [--data DIR]
+  python benchmarks/formats.py RUN_DIR [RUN_DIR ...] [--formats F,...] [--data DIR]
                              [--threads 1,N] [--repeat K] [--json F] [--report F.md] [--log F]
 
 Exports whatever a run lacks, then measures its Keras model and each artifact on the same
@@ -22,15 +22,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from export import formats, parity  # noqa: E402
-from export.source import ExportError, Source  # noqa: E402
-from runtime.classifier import Classifier  # noqa: E402
-from runtime.engines import EngineError  # noqa: E402
-from runtime.files import atomic_path, write_json  # noqa: E402
-from runtime.metadata import ModelFileError  # noqa: E402
-from runtime.tables import markdown_table, percent  # noqa: E402
+from edgeconv.common.files import atomic_path, write_json
+from edgeconv.export import formats, parity
+from edgeconv.export.source import ExportError, Source
+from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.engines import EngineError
+from edgeconv.runtime.metadata import ModelFileError
+from edgeconv.runtime.tables import markdown_table, percent
 
 BATCHES = "1,8,32"
 KERAS = "Keras"
@@ -38,7 +36,7 @@ KERAS = "Keras"
 
 def probe(model: Path, threads: int, repeat: int, batches: str = "") -> dict:
     """Run export/probe.py in a fresh process and return its measurements."""
-    command = [sys.executable, str(Path(__file__).with_name("probe.py")), str(model),
+    command = [sys.executable, "-m", "edgeconv.export.probe", str(model),
                "--threads", str(threads), "--repeat", str(repeat), "--started",
                repr(time.time())]
     if batches:
@@ -71,7 +69,7 @@ def new_row(name: str, path: Path, macs: int) -> dict:
 def benchmark(source: Source, data: Path, threads: list[int], repeat: int,
               names: list[str]) -> list[dict]:
     """Rows for the run's Keras model and its artifacts whose format is in `names`."""
-    from train.model import count_macs
+    from edgeconv.train.model import count_macs
 
     macs = count_macs(source.model)
     outcomes = formats.export_missing(source, names)
@@ -149,7 +147,7 @@ def hardware_lines(rows: list[dict]) -> str:
 
 
 def bar_chart(rows: list[dict], threads: list[int], path: Path) -> None:
-    from train.plots import pyplot, save_figure
+    from edgeconv.train.plots import pyplot, save_figure
 
     shown = [r for r in rows if r["ms_p50"]]
     several = len({r["run"] for r in shown}) > 1
@@ -173,13 +171,14 @@ def test_split(source: Source, data: Path | None) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="export/benchmark.py", description=__doc__.split(
-        "\n\n")[0].strip(), epilog="Example: python export/benchmark.py runs/augmented "
+    parser = argparse.ArgumentParser(prog="benchmarks/formats.py", description=__doc__.split(
+        "\n\n")[0].strip(), epilog="Example: python benchmarks/formats.py runs/augmented "
         "--report benchmark.md")
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
                         help="train/run.py run folders")
-    parser.add_argument("--formats", default="all", help="comma-separated formats to measure: "
-                        f"{KERAS}, {', '.join(f.name for f in formats.FORMATS)} (default: all)")
+    parser.add_argument("--formats", default="all", help="comma-separated formats to "
+                        "measure: keras, tflite, onnx, int8, or one format (tflite-int8, "
+                        "onnx-float32, ...; default: all)")
     parser.add_argument("--data", type=Path, help="class folders to score on (default: the "
                         "run's test split)")
     parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}",

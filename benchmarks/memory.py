@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory of a short training run as the dataset grows, cache memory-mapped or not.
 
-  python train/bench_memory.py [--data DIR] [--sizes 2000,8000,32000] [--steps 20] [--json FILE]
+  python benchmarks/memory.py [--data DIR] [--sizes 2000,8000,32000] [--steps 20] [--json FILE]
 
 For each size, a training folder of that many photos (the real training photos again and
 again under new names, as links) with 100 validation and 100 test photos per class, and three
@@ -24,11 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from runtime.files import write_json  # noqa: E402
-from runtime.tables import markdown_table  # noqa: E402
-from train.dataset import DataError, find_dataset, resolve_data  # noqa: E402
+from edgeconv.common.files import write_json
+from edgeconv.runtime.tables import markdown_table
+from edgeconv.train.dataset import DataError, find_dataset, resolve_data
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 20  # the baseline recipe's
@@ -80,7 +78,7 @@ def measure(source: Path, work: Path, size: int, steps: int) -> dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train/bench_memory.py", description=__doc__.split(
+    parser = argparse.ArgumentParser(prog="benchmarks/memory.py", description=__doc__.split(
         "\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset folder (default: as train/run.py)")
     parser.add_argument("--sizes", default="2000,8000,32000",

@@ -2,7 +2,7 @@
 """Load-test runtime/serve on loopback: the image API under concurrent clients, and the
 camera loop with and without stream viewers, beside runtime/classify on the same photos.
 
-  python devices/bench_serve.py MODEL PHOTOS [--clients 4] [--requests 400] [--viewers 5]
+  python benchmarks/serve.py MODEL PHOTOS [--clients 4] [--requests 400] [--viewers 5]
                                 [--before CHECKOUT]
 
 Starts a real server process (and a second one with a video made from the photos as its
@@ -16,9 +16,7 @@ Figures, not a pass/fail: run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,53 +26,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from edgeconv.benchmarks.server import Server
+from edgeconv.runtime.preprocess import list_images
+from edgeconv.runtime.tables import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a plain clone
-
-from runtime.preprocess import list_images  # noqa: E402
-from runtime.tables import markdown_table  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model: Path, *args: str, root: Path = ROOT):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, str(root / "runtime" / "serve"), str(model), "--port",
-             str(self.port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
-                    self.cold_start_s = time.perf_counter() - started
-                    time.sleep(1)
-                    self.idle_rss_mb = self.rss_mb("VmRSS:")
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit(f"error: server did not start: {self.process.stderr.read()}")
-
-    def info(self) -> dict:
-        with urllib.request.urlopen(self.url + "/api/info", timeout=10) as response:
-            return json.loads(response.read())
-
-    def rss_mb(self, field: str = "VmHWM:") -> float:
-        """The peak (VmHWM) or current (VmRSS) resident memory."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=20)
 
 
 def post_photos(url: str, photos: list[bytes], clients: int, requests: int) -> dict:
@@ -131,9 +87,9 @@ def make_video(photos: list[Path], path: Path, fps: int) -> None:
 
 
 def camera_fps(server: Server, seconds: float) -> float:
-    first = server.info()
+    first = server.json("/api/info")[1]
     time.sleep(seconds)
-    last = server.info()
+    last = server.json("/api/info")[1]
     return (last["frames"] - first["frames"]) / (last["uptime_s"] - first["uptime_s"])
 
 
@@ -144,8 +100,8 @@ def watch_stream(url: str, stop: threading.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="devices/bench_serve.py", description=__doc__.split(
-        "\n\n")[0], epilog="Example: python devices/bench_serve.py models/plus_int8.tflite "
+    parser = argparse.ArgumentParser(prog="benchmarks/serve.py", description=__doc__.split(
+        "\n\n")[0], epilog="Example: python benchmarks/serve.py models/plus_int8.tflite "
         "DIR/test")
     parser.add_argument("model", type=Path)
     parser.add_argument("photos", type=Path, help="a folder of photos (searched recursively)")
@@ -206,14 +162,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(args: argparse.Namespace, root: Path, photos: list[bytes], video: Path) -> dict:
     """The API, camera and start figures of the runtime/serve in `root`."""
-    server = Server(args.model, root=root)
+    server = Server(args.model, serve=root / "runtime" / "serve")
+    cold_s = server.healthy_after_s()
+    time.sleep(1)
+    idle_mb = server.rss_mb()
     try:
         api = post_photos(server.url, photos, args.clients, args.requests)
-        api["peak_rss_mb"] = server.rss_mb()
-        cold_s, idle_mb = server.cold_start_s, server.idle_rss_mb
+        api["peak_rss_mb"] = server.peak_rss_mb()
     finally:
         server.stop()
-    camera = Server(args.model, "--camera", str(video), root=root)
+    camera = Server(args.model, "--camera", str(video), serve=root / "runtime" / "serve")
+    camera.healthy_after_s()  # the first frame classified
     stop = threading.Event()
     try:
         time.sleep(2)  # warm up
@@ -224,7 +183,7 @@ def measure(args: argparse.Namespace, root: Path, photos: list[bytes], video: Pa
             viewer.start()
         time.sleep(1)
         watched = camera_fps(camera, args.seconds)
-        camera_rss = camera.rss_mb()
+        camera_rss = camera.peak_rss_mb()
     finally:
         stop.set()
         camera.stop()

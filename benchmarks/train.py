@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training throughput: edgeconv's pipeline against the book's ImageDataGenerator.
 
-  python train/benchmark.py [--data DIR] [--steps 30] [--repeats 5] [--json FILE]
+  python benchmarks/train.py [--data DIR] [--steps 30] [--repeats 5] [--json FILE]
 
 Trains the augmented recipe's model (same layers, same batch of 32) for a few short epochs
 per pipeline, side by side in one process, and prints the median images per second of each
@@ -21,19 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain clone
-
-from train.backend import import_keras  # noqa: E402
+from edgeconv.train.backend import import_keras  # noqa: E402
 
 keras = import_keras()
 
-from runtime.files import write_json  # noqa: E402
-from runtime.tables import markdown_table  # noqa: E402
-from train.dataset import DataError, find_dataset, load_split, resolve_data  # noqa: E402
-from train.environment import environment  # noqa: E402
-from train.model import INPUT_SHAPE  # noqa: E402
-from train.recipes import RECIPES  # noqa: E402
-from train.trainer import BatchStream, new_training_model  # noqa: E402
+from edgeconv.common.files import write_json  # noqa: E402
+from edgeconv.runtime.tables import markdown_table  # noqa: E402
+from edgeconv.train.dataset import DataError, find_dataset, load_split, resolve_data  # noqa: E402
+from edgeconv.train.environment import environment  # noqa: E402
+from edgeconv.train.model import INPUT_SHAPE  # noqa: E402
+from edgeconv.train.recipes import RECIPES  # noqa: E402
+from edgeconv.train.trainer import BatchStream, new_training_model  # noqa: E402
 
 BATCH = 32
 
@@ -98,7 +96,7 @@ def measure(built: dict, steps: int, repeats: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train/benchmark.py", description=__doc__.split(
+    parser = argparse.ArgumentParser(prog="benchmarks/train.py", description=__doc__.split(
         "\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset folder (default: as train/run.py)")
     parser.add_argument("--steps", type=int, default=30, help="batches per timed epoch")

@@ -1,7 +1,10 @@
-"""A real runtime/serve process on a free loopback port, for the tests and the server fuzz."""
+"""A real runtime/serve process on a free loopback port: the one way the serve benchmark, the
+tests and the server fuzz start a server. Its stderr goes to a file, read with log(): a pipe
+nobody reads would stall a server that logs a lot."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
@@ -14,19 +17,27 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import REPO, free_port
+# This checkout's serve (set it to another checkout's to measure that one the same way).
+SERVE = Path(importlib.util.find_spec("edgeconv.runtime").submodule_search_locations[0]) / "serve"
 
-SERVE = REPO / "runtime" / "serve"  # another checkout's, to measure it the same way
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class Server:
-    def __init__(self, *args: str | Path, env: dict | None = None, nofile: int | None = None):
-        """`nofile`: the server's file-descriptor limit (as systemd's default 1,024)."""
+    def __init__(self, *args: str | Path, env: dict | None = None, nofile: int | None = None,
+                 serve: Path | None = None):
+        """`args` for serve (the model first); `nofile`: the server's file-descriptor limit
+        (as systemd's default 1,024); `serve`: another runtime/serve (default: SERVE)."""
         self.port = free_port()
-        # The log goes to a file: a pipe nobody reads would stall a server that logs a lot.
         self.log_file = tempfile.TemporaryFile()  # noqa: SIM115  (closed by stop())
+        self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, str(SERVE), *map(str, args), "--port",
+            [sys.executable, str(serve or SERVE), *map(str, args), "--port",
              str(self.port)], stdout=subprocess.DEVNULL, stderr=self.log_file,
             env={**os.environ, **(env or {})}, preexec_fn=None if nofile is None else
             lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
@@ -41,6 +52,15 @@ class Server:
             except OSError:
                 time.sleep(0.1)
         raise AssertionError("server did not start")
+
+    def healthy_after_s(self, timeout: float = 60) -> float:
+        """Seconds from the start until /healthz first answered 200 (the cold start)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.request("/healthz", timeout=1)[0] == 200:
+                return time.perf_counter() - self.started
+            time.sleep(0.05)
+        raise AssertionError(f"/healthz never answered 200: {self.log()[-2000:]}")
 
     def request(self, path: str, data: bytes | None = None, headers: dict | None = None,
                 method: str | None = None, timeout: float = 30) -> tuple[int, object, bytes]:
