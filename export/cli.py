@@ -21,7 +21,8 @@ def exporter_parser(prog: str, doc: str, example: str, out_help: str,
     parser.add_argument("--quantize", choices=quantizations, default=quantizations[0],
                         help=quantize_help)
     parser.add_argument("--calibration", type=Path, help="images for int8 calibration "
-                        "(default: the run's training split)")
+                        "(default: the run's training split, plus a quarter from the negatives "
+                        "that trained its none head, if it has one)")
     parser.add_argument("--calibration-size", type=int, default=300,
                         help="calibration images to use (default: %(default)s)")
     parser.add_argument("--budget", type=agreement_share, metavar="AGREEMENT",

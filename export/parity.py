@@ -27,6 +27,7 @@ from edgeconv.common.files import atomic_path, write_json
 from edgeconv.common.system import cpu_flags, cpu_name
 from edgeconv.export.source import ExportError, Source
 from edgeconv.runtime.classifier import Classifier
+from edgeconv.runtime.confidence import expected_calibration_error, top_scores
 from edgeconv.runtime.engines import EngineError
 from edgeconv.runtime.evaluate import accuracy, decide, labelled_images
 from edgeconv.runtime.metadata import ModelFileError
@@ -126,12 +127,14 @@ def model_outputs(files: list[Path], size: tuple[int, int], run, batch: int,
 def compare(name: str, classifier: Classifier, found: Parity, outputs: np.ndarray,
             gate: Gate) -> dict:
     """One artifact's row: accuracies, agreement, |dp|, flips and its gate."""
-    reference, truth, threshold = found.reference, found.truth, classifier.threshold
-    readable = ~np.isnan(reference).any(axis=1)
+    truth, threshold, confidence = found.truth, classifier.threshold, classifier.confidence
+    readable = ~np.isnan(found.reference).any(axis=1)
     known = readable & (truth >= 0)
+    dp = np.abs(found.reference[readable] - outputs[readable]).max(axis=1)
+    (reference, reference_none), (outputs, none) = map(confidence.split, (found.reference,
+                                                                          outputs))
     ref_labels = decide(reference[readable], threshold)
     art_labels = decide(outputs[readable], threshold)
-    dp = np.abs(reference[readable] - outputs[readable]).max(axis=1)
     ref_accuracy = accuracy(truth[known], decide(reference[known], threshold))
     art_accuracy = accuracy(truth[known], decide(outputs[known], threshold))
     flips = [str(path) for path, a, b in zip(np.array(found.files)[readable], ref_labels,
@@ -139,9 +142,22 @@ def compare(name: str, classifier: Classifier, found: Parity, outputs: np.ndarra
     agreement = float((ref_labels == art_labels).mean())
     drop = None if ref_accuracy is None else ref_accuracy - art_accuracy
     failures = gate.failures(agreement, float(dp.max()), drop)
+    extra = {}
+    if none is not None:  # the none decisions, and the share of photos answered none
+        said_none = confidence.is_none(none[readable])
+        extra["none_agreement"] = float((confidence.is_none(reference_none[readable])
+                                         == said_none).mean())
+        extra["none_share"] = float(said_none.mean())
+        if extra["none_agreement"] < gate.min_agreement:
+            failures.append(f"none agreement {extra['none_agreement']:.4f} < "
+                            f"{gate.min_agreement}")
+    if known.any():  # calibration error of the artifact's top scores, with its temperature
+        scores = top_scores(confidence.calibrate(outputs[known]))
+        extra["ece"] = expected_calibration_error(
+            scores, decide(outputs[known], threshold) == truth[known])
     cause = likely_cause(near_threshold(reference[readable], threshold),
                          ref_labels != art_labels, gate) if failures else None
-    return {"artifact": name, "quantization": classifier.metadata["quantization"],
+    return {**extra, "artifact": name, "quantization": classifier.metadata["quantization"],
             "images": int(readable.sum()), "threshold": threshold,
             "reference_accuracy": ref_accuracy, "artifact_accuracy": art_accuracy,
             "agreement": agreement, "max_abs_dp": float(dp.max()),
@@ -202,13 +218,20 @@ def plot_name(artifact: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
+    """One row per artifact; ECE (with the model's temperature) and the none decisions'
+    agreement with Keras when the model has them."""
+    nones = any("none_agreement" in row for row in rows)
     return markdown_table(
         ["artifact", "quantization", "images", "reference acc", "artifact acc", "agreement",
-         "max abs dp", "mean abs dp", "flips", "gate"],
+         "max abs dp", "mean abs dp", "flips", "ECE",
+         *(["none agreement", "answered none"] if nones else []), "gate"],
         [[row["artifact"], row["quantization"], row["images"],
           percent(row["reference_accuracy"], 2), percent(row["artifact_accuracy"], 2),
           percent(row["agreement"], 2), f"{row['max_abs_dp']:.2e}", f"{row['mean_abs_dp']:.2e}",
-          len(row["flips"]), "pass" if row["passed"] else "FAIL: " + "; ".join(row["failures"])]
+          len(row["flips"]), f"{row['ece']:.4f}" if "ece" in row else "-",
+          *([percent(row.get("none_agreement"), 2), percent(row.get("none_share"), 1)]
+            if nones else []),
+          "pass" if row["passed"] else "FAIL: " + "; ".join(row["failures"])]
          for row in rows], left=2)
 
 

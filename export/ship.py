@@ -36,9 +36,22 @@ PETS_LIMITS = ("it knows two classes only: it calls every image a cat or a dog, 
                "at night, a crowd of animals) are out of what it has seen.")
 
 
+NONE_LIMITS = ("its `none` answer was taught by {fit} and checked on {check} (monkeys and "
+               "skies): what a door camera mostly sees (people, rooms, parcels, cars) it has "
+               "never been shown, so expect some of those called a cat or a dog; "
+               "`runtime/classify --eval` on your own photos of neither class prints the share "
+               "answered `none`. Trained on 2,000 photos of Kaggle's Dogs vs. Cats: pets "
+               "photographed by their owners, mostly one animal, centred.")
+
+
 def limits(model: dict) -> str:
     """What the model cannot do, in the words of its own classes and data."""
     classes = model_classes(model)
+    confidence = next((f["confidence"] for f in model["files"] if f.get("confidence")), None)
+    if classes == ["cats", "dogs"] and confidence:
+        none = confidence["none"]
+        return NONE_LIMITS.format(fit=", ".join(none["fit_folders"]),
+                                  check=", ".join(none["check_folders"]))
     if classes == ["cats", "dogs"]:
         return PETS_LIMITS
     return (f"it knows {len(classes)} classes only: it calls every image one of "
@@ -83,8 +96,11 @@ def export_and_check(run_dir: Path, photos: Path | None = None,
 def commands(run_dir: Path, models: Path, budget: float | None = None) -> list[str]:
     """The commands that made a run and shipped it, as a user would type them."""
     run = json.loads((run_dir / "run.json").read_text())
+    confidence_file = run_dir / "confidence.json"
+    confidence = json.loads(confidence_file.read_text()) if confidence_file.is_file() else {}
+    trained = Path(confidence.get("from_run", run_dir))
     train = (f"python train/run.py --data DIR --recipe {run['recipe']} --seed {run['seed']} "
-             f"--out {run_dir}")
+             f"--out {trained}")
     for key, value in (run.get("settings") or {}).items():
         train += f" --set {key}={json.dumps(value)}"
     if run["epochs"] != RECIPES[run["recipe"]].epochs:
@@ -93,6 +109,9 @@ def commands(run_dir: Path, models: Path, budget: float | None = None) -> list[s
         train += f" --limit {run['limit']}"
     ship = f"python export/ship.py {run_dir} --models {models}"
     made = [train, ship + (f" --budget {budget}" if budget else "")]
+    if confidence:  # a temperature and none head added by train/confidence.py
+        made.insert(1, f"python train/confidence.py {trained} --negatives "
+                    f"{confidence['none']['negatives_path']} --out {run_dir}")
     prepared = Path(run["data"]) / "prepare.json"
     split = json.loads(prepared.read_text()) if prepared.is_file() else {}
     if "seed" in split:  # made from a folder of class folders by train/prepare_data.py
@@ -140,7 +159,10 @@ def ship(run_dir: Path, parity_rows: list[dict], models: Path, keras: bool,
                 max_abs_dp=row["max_abs_dp"], flips=len(row["flips"]), passed=row["passed"],
                 source_sha256=metadata["source_model"]["sha256"],
                 labels=metadata["labels"], input=metadata["input"],
-                calibration=metadata["calibration"], recipe=metadata.get("int8_recipe"))
+                calibration=metadata["calibration"], recipe=metadata.get("int8_recipe"),
+                confidence=metadata.get("confidence"),
+                **({"none_agreement": row["none_agreement"]} if "none_agreement" in row
+                   else {}), **({"ece": row["ece"]} if "ece" in row else {}))
         files.append(entry)
     return {
         "recipe": recipe, "run": run_dir.name, "seed": metrics["seed"],
@@ -191,6 +213,7 @@ def card(model: dict) -> str:
         f"- Trained in {model['train_seconds'] / 60:.0f} minutes ({model['precision']}) on "
         f"{model['machine']}, {model['backend']}.",
     ]
+    lines += confidence_lines(int8[0].get("confidence") if int8 else None)
     if calibration:
         lines.append(f"- int8 calibration: {calibration['images']} images of "
                      f"`{calibration_name(calibration)}`, {calibration['selection']}.")
@@ -198,10 +221,11 @@ def card(model: dict) -> str:
               "DIR/test --eval` prints the accuracy; parity against the Keras model):", "",
               markdown_table(
                   ["file", "size MB", "test accuracy", "agreement with Keras", "flips",
-                   "max abs dp", "gate", "SHA-256"],
+                   "ECE", "none agreement", "max abs dp", "gate", "SHA-256"],
                   [[f"`{f['file']}`", f"{f['bytes'] / 1e6:.2f}",
                     percent(f.get("test_accuracy")), percent(f.get("agreement")),
-                    f.get("flips", "-"),
+                    f.get("flips", "-"), f"{f['ece']:.4f}" if "ece" in f else "-",
+                    percent(f.get("none_agreement")),
                     f"{f['max_abs_dp']:.3f}" if "max_abs_dp" in f else "-",
                     {True: "pass", False: "FAIL"}.get(f.get("passed"), "-"),
                     f"`{f['sha256'][:16]}...`"] for f in model["files"]]),
@@ -209,6 +233,24 @@ def card(model: dict) -> str:
               "", "Made by:", "", "```bash", *model["commands"], "```", "",
               f"Limits: {limits(model)}", ""]
     return "\n".join(lines)
+
+
+def confidence_lines(confidence: dict | None) -> list[str]:
+    """The card's lines on calibrated scores and the none answer (train/confidence.py)."""
+    if not confidence:
+        return []
+    none = confidence["none"]
+    return [
+        f"- Calibrated scores: temperature {confidence['temperature']:.3f} fitted on the "
+        f"validation photos; expected calibration error on the test photos "
+        f"{confidence['test_ece_before']:.4f} before, {confidence['test_ece_after']:.4f} "
+        "after (Keras; the int8 files' own in the table below).",
+        f"- `none` answer ({none['method']}): {percent(none['check_negatives_none'])} of "
+        f"{none['check_negatives']} negative photos it never saw (`{none['negatives']}` "
+        f"folders {', '.join(none['check_folders'])}) answered `none`, and "
+        f"{percent(none['test_none'])} of the test cats and dogs; test accuracy on the photos "
+        f"answered with a class {percent(none['test_accuracy_answered'])}.",
+    ]
 
 
 def with_exports(commands: list[str], run_dir: Path, files: list[dict]) -> list[str]:

@@ -61,6 +61,13 @@ class Source:
         outputs = self.model.output_shape[-1]
         return [f"class_{i}" for i in range(max(outputs, 2))]
 
+    @functools.cached_property
+    def confidence(self) -> dict | None:
+        """The run's confidence.json (train/confidence.py: temperature, none head, figures),
+        or None for a run made without one."""
+        path = self.run_dir / "confidence.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
     @property
     def input_size(self) -> tuple[int, int]:
         return tuple(self.model.input_shape[1:3])
@@ -77,8 +84,13 @@ class Source:
 
 def calibration_set(source: Source, folder: Path | None, count: int) -> tuple[np.ndarray, dict]:
     """Up to `count` images, evenly spread over the folder's sorted files, preprocessed like
-    training. Default folder: the run's training split."""
-    folder = folder or source.data_split("train")
+    training. Default folder: the run's training split, and for a run with a none head a
+    quarter of the images from the negatives that trained it (without them int8 would clip
+    the head's activations to the ranges pets give, and P(none) could never reach 0.5)."""
+    training = source.data_split("train")
+    folder = folder or training
+    negatives = none_fit_files(source) if folder and training and \
+        folder.resolve() == training.resolve() else []
     if folder is None:
         raise ExportError("no calibration images: pass --calibration DIR (the run does not "
                           "record its training data)")
@@ -87,7 +99,8 @@ def calibration_set(source: Source, folder: Path | None, count: int) -> tuple[np
     files = list_images(folder)
     if not files:
         raise ExportError(f"{folder}: no images for calibration")
-    chosen = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).astype(int)]
+    chosen = evenly(files, count - len(evenly(negatives, count // 4)))
+    chosen += evenly(negatives, count // 4)
     images, skipped = [], 0
     for path in dict.fromkeys(chosen):
         try:
@@ -99,10 +112,33 @@ def calibration_set(source: Source, folder: Path | None, count: int) -> tuple[np
         raise ExportError(f"{folder}: none of its images could be read for calibration")
     # Named, counted and digested, never by its absolute path: the metadata travels with the
     # model to devices and their /api/info, and the path would tell the training machine's.
-    description = {"name": "/".join(folder.resolve().parts[-2:]), "images": len(images),
+    name = "/".join(folder.resolve().parts[-2:])
+    if negatives:
+        name += f" + {min(len(negatives), count // 4)} fit negatives"
+    description = {"name": name, "images": len(images),
                    "skipped": skipped, "sha256": files_digest(list(dict.fromkeys(chosen))),
                    "selection": f"evenly spaced over {len(files)} sorted files"}
     return np.stack(images), description
+
+
+def evenly(files: list[Path], count: int) -> list[Path]:
+    """`count` of the files (all when fewer), evenly spaced over them."""
+    if not files or count <= 0:
+        return []
+    return [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).astype(int)]
+
+
+def none_fit_files(source: Source) -> list[Path]:
+    """The negative photos that trained the run's none head (none without one)."""
+    none = (source.confidence or {}).get("none")
+    if not none:
+        return []
+    folder = Path(none["negatives_path"])
+    missing = [name for name in none["fit_folders"] if not (folder / name).is_dir()]
+    if missing:
+        raise ExportError(f"{folder}: the none head's negatives ({', '.join(missing)}) are not "
+                          "there; int8 calibration needs them (or pass --calibration DIR)")
+    return [path for name in none["fit_folders"] for path in list_images(folder / name)]
 
 
 def files_digest(files: list[Path]) -> str:

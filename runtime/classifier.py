@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeconv.runtime import evaluate
+from edgeconv.runtime.confidence import NONE, Confidence
 from edgeconv.runtime.engines import default_threads, open_engine
 from edgeconv.runtime.metadata import ModelFileError, read_metadata
 from edgeconv.runtime.pipeline import Costs, Plan, in_order, plan, thread_choices, timed_ms
@@ -22,25 +23,32 @@ from edgeconv.runtime.text import display
 
 @dataclass
 class Prediction:
-    label: str  # a class, or "unsure" when its score is under the min score
-    score: float
+    label: str  # a class; "none" for none of them; "unsure" when its score is under min score
+    score: float  # the class's calibrated probability (the model's temperature applied)
     scores: dict[str, float] = field(default_factory=dict)
     ms: float = 0.0
-    guess: str = ""  # the class, even when the label is "unsure" (not in as_dict)
+    guess: str = ""  # the class, even when the label is "unsure" or "none" (not in as_dict)
+    none: float | None = None  # P(none of these), from a model with a none head
+    raw_score: float = 0.0  # the score before calibration (not in as_dict)
 
     def as_dict(self) -> dict:
         """The fields of a `--json` line (and of the server's answers)."""
-        return {"label": self.label, "score": round(self.score, 6), "scores": self.scores,
-                "ms": round(self.ms, 3)}
+        fields = {"label": self.label, "score": round(self.score, 6), "scores": self.scores,
+                  "ms": round(self.ms, 3)}
+        if self.none is not None:
+            fields["none"] = round(self.none, 6)
+        return fields
 
 
 class Classifier:
     """`Classifier("model_int8.tflite").predict("photo.jpg")` -> Prediction(label=..., ...),
-    the label being one of the model's classes.
+    the label being one of the model's classes, "none" or "unsure".
 
-    Labels, input size and threshold come from the model's own metadata. Below `min_score`
-    (default: the metadata's `output.min_score`, else 0) the label is "unsure"; the scores
-    are kept.
+    Labels, input size, threshold, temperature and none head come from the model's own
+    metadata (runtime/confidence.py). A model with a none head answers "none" when its
+    P(none) reaches the stored threshold; else below `min_score` (default: the metadata's
+    `output.min_score`, else 0) on the calibrated probability the label is "unsure"; the
+    scores are kept.
 
     It starts with one interpreter of `threads` threads (default: all cores); `split()`
     measures what a photo costs and replaces it with the interpreters that classify the most
@@ -77,9 +85,10 @@ class Classifier:
                 0.5 if len(self.labels) == 2 else None)
             self.min_score = float(min_score if min_score is not None
                                    else output.get("min_score") or 0.0)
-        except (TypeError, ValueError):
-            raise ModelFileError(f"{model}: edgeconv metadata's threshold or min_score is not "
-                                 "a number") from None
+            self.confidence = Confidence.from_output(output, len(self.labels))
+        except (KeyError, TypeError, ValueError):
+            raise ModelFileError(f"{model}: edgeconv metadata's threshold, min_score, "
+                                 "temperature or none head is malformed") from None
         self.cap = threads or default_threads()  # threads of all interpreters together
         self.engine = open_engine(model, engine, self.cap)  # the first; its name and checks
         self.plan = Plan(1, self.cap, 0.0)
@@ -93,14 +102,15 @@ class Classifier:
                                  f"itself takes {list(self.engine.image_shape)}")
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Model outputs for uint8 images [N, h, w, 3]: P(class 1) [N] for a sigmoid head,
-        class probabilities [N, k] for a softmax head."""
+        """Model outputs for uint8 images [N, h, w, 3], as the engine gives them: P(class 1)
+        [N, 1] for a sigmoid head, class probabilities [N, k] for a softmax head, and P(none)
+        in one more column for a model with a none head (decide() reads them)."""
         engine = self._free.get()
         try:
             outputs = engine.run(images)
         finally:
             self._free.put(engine)
-        return outputs[:, 0] if outputs.shape[-1] == 1 else outputs
+        return outputs
 
     def predict(self, source: ImageSource) -> Prediction:
         return self.predict_batch([source])[0]
@@ -205,9 +215,16 @@ class Classifier:
         return load_image(source, self.size, self.fast_jpeg, wait)
 
     def decide(self, output: np.ndarray | float, ms: float = 0.0) -> Prediction:
-        """One image's output -> its label ("unsure" under min_score), score and scores."""
-        label = self.labels[int(evaluate.decide(np.reshape(output, (1, -1)), self.threshold)[0])]
-        scores = evaluate.scores_of(output, self.labels)
+        """One image's output -> its label ("none" at the none threshold, "unsure" under
+        min_score), calibrated score and scores."""
+        outputs, none = self.confidence.split(np.reshape(output, (1, -1)))
+        label = self.labels[int(evaluate.decide(outputs, self.threshold)[0])]
+        scores = evaluate.scores_of(self.confidence.calibrate(outputs)[0], self.labels)
         score = scores[label]
-        return Prediction(evaluate.UNSURE if score < self.min_score else label, score, scores, ms,
-                          guess=label)
+        raw_score = evaluate.scores_of(outputs[0], self.labels)[label]
+        if none is not None and self.confidence.is_none(none)[0]:
+            answer = NONE
+        else:
+            answer = evaluate.UNSURE if score < self.min_score else label
+        return Prediction(answer, score, scores, ms, guess=label,
+                          none=None if none is None else float(none[0]), raw_score=raw_score)

@@ -18,11 +18,14 @@ UNSURE = "unsure"
 
 def decide(outputs: np.ndarray, threshold: float | None = 0.5) -> np.ndarray:
     """Class indices for model outputs: P(class 1) of a sigmoid head ([N] or [N, 1]) against
-    `threshold` (None: 0.5), or the argmax of softmax rows [N, k], which takes none."""
+    `threshold` (None: 0.5), or the argmax of softmax rows [N, k], which takes none.
+
+    Two columns are a sigmoid's P(class 1) and a none head's P(none) (runtime/confidence.py):
+    two classes always end in one sigmoid, a softmax head has three or more columns."""
     outputs = np.asarray(outputs)
-    if outputs.ndim == 1 or outputs.shape[-1] == 1:
+    if outputs.ndim == 1 or outputs.shape[-1] <= 2:
         cut = 0.5 if threshold is None else threshold
-        return (outputs.reshape(len(outputs)) >= cut).astype(np.int32)
+        return (outputs.reshape(len(outputs), -1)[:, 0] >= cut).astype(np.int32)
     return outputs.argmax(axis=-1).astype(np.int32)
 
 

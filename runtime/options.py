@@ -45,10 +45,12 @@ def add_shared_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     """The model argument and the shared flags; returns the camera group for more flags."""
     parser.add_argument("model", type=Path, help="a .tflite or .onnx file exported by edgeconv")
     parser.add_argument("--min-score", type=float, metavar="S",
-                        help="answer 'unsure' when the top class's score is under S (0-1; "
+                        help="answer 'unsure' when the top class's calibrated probability "
+                        "(the model's temperature applied, when it has one) is under S (0-1; "
                         "default: the model's own, else 0: always a class). The top score of "
                         "k classes is never under 1/k (0.5 for two), so only S above that "
-                        "cuts; classify --eval on labelled photos shows what each S costs")
+                        "cuts; classify --eval on labelled photos shows what each S costs. A "
+                        "model with a none head answers 'none' for photos of none of its classes")
     parser.add_argument("--full-decode", action="store_true",
                         help="decode large JPEGs at full size (default: at the smallest DCT "
                         "scale still twice the model's input, several times faster)")

@@ -22,12 +22,15 @@ import numpy as np
 from PIL import Image
 
 from edgeconv.runtime.camera import classified_frames, file_fps, is_live
+from edgeconv.runtime.confidence import NONE
+from edgeconv.runtime.evaluate import UNSURE
 from edgeconv.runtime.hotswap import HotModel
 from edgeconv.runtime.quiet import one_line
 
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 250, 500, 1000)
 STREAM_WIDTH = 640  # frames are shrunk to this width for the preview
 STREAM_FPS = 15  # the preview's frame rate at most: encoding every frame would slow the camera
+ANSWERS = ("class", NONE, UNSURE)  # what /metrics counts answers by
 
 
 class Stats:
@@ -42,10 +45,14 @@ class Stats:
         self.total_ms = 0.0
         self.count = 0
         self.recent: deque[float] = deque(maxlen=1000)
+        self.answers = dict.fromkeys(ANSWERS, 0)
 
-    def inference(self, ms: float, frame: bool) -> None:
+    def inference(self, ms: float, frame: bool, label: str | None = None) -> None:
+        """One classified image; `label` is counted as a class, "none" or "unsure"."""
         with self.lock:
             self.frames += frame
+            if label is not None:
+                self.answers[label if label in (NONE, UNSURE) else "class"] += 1
             self.count += 1
             self.total_ms += ms
             self.recent.append(ms)
@@ -84,7 +91,12 @@ class Stats:
                 cumulative += n
                 lines.append(f'edgeconv_inference_ms_bucket{{le="{le}"}} {cumulative}')
             lines += [f"edgeconv_inference_ms_sum {self.total_ms:.3f}",
-                      f"edgeconv_inference_ms_count {self.count}"]
+                      f"edgeconv_inference_ms_count {self.count}",
+                      "# HELP edgeconv_answers_total Images answered with a class, with "
+                      "none (none of the classes) or unsure (under the min score).",
+                      "# TYPE edgeconv_answers_total counter"]
+            lines += [f'edgeconv_answers_total{{answer="{answer}"}} {n}'
+                      for answer, n in self.answers.items()]
         for name, value in extra.items():
             kind = "counter" if name.endswith("_total") else "gauge"  # Prometheus' naming rule
             lines += [f"# TYPE edgeconv_{name} {kind}", f"edgeconv_{name} {value}"]
@@ -188,7 +200,7 @@ class App:
                     if period:  # wait for this frame's time in the file
                         self.stop.wait(max(0.0, started + count * period - time.perf_counter()))
                     self.fps = count / max(time.perf_counter() - started, 1e-9)
-                    self.stats.inference(prediction.ms, frame=True)
+                    self.stats.inference(prediction.ms, frame=True, label=prediction.label)
                     jpeg = None
                     now = time.perf_counter()
                     if self.live.viewers and now - last_jpeg >= 1 / STREAM_FPS:

@@ -250,7 +250,7 @@ class Web:
                 raise Refusal(503, "busy decoding other images; try again") from None
             except ImageError as error:
                 raise Refusal(400, str(error).replace("<bytes>: ", "")) from None
-        self.app.stats.inference(prediction.ms, frame=False)
+        self.app.stats.inference(prediction.ms, frame=False, label=prediction.label)
         return json_response(200, prediction.as_dict())
 
     def predict(self, content_type: str, body: bytes) -> Prediction:

@@ -19,6 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "cats_and_dogs_small"
 DEFAULT_CLASS_FOLDERS = REPO.parent / "shared" / "datasets" / "recycling"
+DEFAULT_NEGATIVES = REPO.parent / "shared" / "datasets" / "negatives"
 MODELS = REPO / "models"
 SLOW_FIXTURES = {"trained_run", "exported", "quick_run"}
 
@@ -42,6 +43,16 @@ def real_data() -> Path:
     data = Path(os.environ.get("EDGECONV_TEST_DATA", DEFAULT_DATA))
     if not (data / "train").is_dir():
         pytest.fail(f"real photos not found at {data}; set EDGECONV_TEST_DATA")
+    return data
+
+
+@pytest.fixture(scope="session")
+def negatives() -> Path:
+    """Real photos of neither cats nor dogs, one folder per source (EDGECONV_TEST_NEGATIVES
+    points elsewhere). Missing photos fail the test."""
+    data = Path(os.environ.get("EDGECONV_TEST_NEGATIVES", DEFAULT_NEGATIVES))
+    if not data.is_dir():
+        pytest.fail(f"negative photos not found at {data}; set EDGECONV_TEST_NEGATIVES")
     return data
 
 

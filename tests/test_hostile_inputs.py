@@ -79,7 +79,7 @@ def test_hostile_model_files_are_one_line_and_exit_2(shipped, tmp_path):
 def test_models_and_the_api_show_no_path_of_the_machine_that_made_them(shipped, tmp_path):
     for model in ("plus_int8.tflite", "plus_int8.onnx", "augmented_int8.tflite"):
         metadata = read_metadata(MODELS / model)
-        assert metadata["calibration"]["name"] == "cats_and_dogs_small/train"
+        assert metadata["calibration"]["name"].startswith("cats_and_dogs_small/train")
         assert '"/' not in json.dumps(metadata), metadata  # no absolute path anywhere
     private = tmp_path / "home" / "someone" / "private"
     private.mkdir(parents=True)

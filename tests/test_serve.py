@@ -639,3 +639,45 @@ def test_a_page_on_another_site_can_neither_classify_nor_watch(server):
     assert all(code == "403" for _, code in grew), grew  # nothing done, nothing read
     assert grew.get(("/api/classify", "403"), 0) >= 4, grew  # 3 fetches and the form
     assert grew.get(("/stream.mjpg", "403"), 0) >= 1 and grew.get(("/events", "403"), 0) >= 1
+
+
+@pytest.fixture(scope="module")
+def negatives_server(shipped, negatives, tmp_path_factory):
+    """The shipped plus model serving a video of 20 photos of neither class: source folders
+    its none head only checked on, never trained or set its cut on."""
+    folders = Classifier(shipped / "plus_int8.tflite").metadata["confidence"]["none"][
+        "check_folders"]
+    photos = [path for folder in folders for path in sorted((negatives / folder).iterdir())[:5]]
+    path = tmp_path_factory.mktemp("serve-negatives") / "negatives.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for photo in photos:
+        writer.write(cv2.resize(cv2.imread(str(photo)), (320, 240)))
+    writer.release()
+    running = Server(shipped / "plus_int8.tflite", "--camera", path)
+    yield running
+    log = running.stop()
+    assert "Traceback" not in log, log
+
+
+def test_chromium_shows_none_plainly_on_a_video_of_negatives(negatives_server):
+    from browser import Browser
+
+    browser = Browser(negatives_server.url + "/")
+    try:
+        shown = browser.wait_for("document.getElementById('stream') && "
+                                 "document.getElementById('label').className === 'label none' "
+                                 "&& [document.getElementById('label').textContent, "
+                                 "document.getElementById('note').textContent]")
+    finally:
+        browser.close()
+    assert shown[0] == "none" and shown[1].startswith("none of these classes (P(none) ")
+    with urllib.request.urlopen(negatives_server.url + "/events", timeout=10) as events:
+        lines = [events.readline() for _ in range(75)]  # a loop of the 20 frames and more
+    data = [json.loads(line[6:]) for line in lines if line.startswith(b"data: ")]
+    assert len(data) >= 20 and all("none" in event for event in data)
+    assert any(event["label"] == "none" and event["none"] >= 0.5 for event in data)
+    _, _, metrics = negatives_server.request("/metrics")
+    counts = {line.split('"')[1]: int(line.split()[-1]) for line in metrics.decode().splitlines()
+              if line.startswith("edgeconv_answers_total{")}
+    assert set(counts) == {"class", "none", "unsure"}
+    assert counts["none"] > 0
