@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,13 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: float 
         capture_output=True, text=True, timeout=timeout, cwd=cwd,
         env={**os.environ, **(env or {})}, **kwargs,
     )
+
+
+def as_from_a_terminal() -> None:
+    """preexec_fn for a process a test will Ctrl-C: SIGINT back to its default action. A shell
+    starts background jobs with SIGINT ignored and children inherit that, so a suite run with
+    `&` would otherwise start commands that no Ctrl-C reaches."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import sys
 import time
 
 import numpy as np
-from conftest import REPO, onnx_with_output, run_script
+from conftest import REPO, as_from_a_terminal, onnx_with_output, run_script
 from PIL import Image
 
 from edgeconv.runtime import Classifier, ImageError
@@ -103,7 +103,8 @@ def test_ctrl_c_on_a_folder_prints_the_summary_so_far_and_exits_130(shipped, rea
     process = subprocess.Popen(
         [sys.executable, str(REPO / "runtime/classify"), str(shipped / "plus_int8.tflite"),
          str(real_data / "test"), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        preexec_fn=as_from_a_terminal)
     first = json.loads(process.stdout.readline())
     assert first["label"] == Classifier(shipped / "plus_int8.tflite").predict(first["path"]).label
     process.send_signal(signal.SIGINT)
@@ -126,7 +127,8 @@ def test_ctrl_c_ends_a_camera_run_within_a_second_with_a_summary(shipped, real_d
     process = subprocess.Popen(
         [sys.executable, str(REPO / "runtime/classify"), str(shipped / "plus_int8.onnx"),
          "--camera", str(video), "--no-display"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        preexec_fn=as_from_a_terminal)
     assert process.stdout.readline().strip()  # classifying
     process.send_signal(signal.SIGINT)
     sent = time.monotonic()

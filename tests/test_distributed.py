@@ -13,6 +13,8 @@ import pytest
 from conftest import REPO, free_port, run_script
 from test_train import start_and_wait_for_first_epoch
 
+from edgeconv.runtime.text import plural
+
 # Deterministic (no augmentation, no dropout), so two runs can be compared step by step.
 SHORT = ["--recipe", "baseline", "--limit", "20", "--epochs", "2", "--batch-size", "10"]
 # Float32 sums in another order: the steps measured here differed by at most 1e-4.
@@ -23,7 +25,7 @@ def train(real_data, out, devices: str, backend: str) -> dict:
     result = run_script("train/run.py", "--data", real_data, *SHORT, "--devices", devices,
                         "--out", out, env={"KERAS_BACKEND": backend})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"backend {backend}, {devices} device(s)" in result.stdout
+    assert f"backend {backend}, {plural(int(devices), 'device')}" in result.stdout
     return json.loads((out / "history.json").read_text())
 
 
@@ -74,7 +76,7 @@ def test_two_devices_resume_after_sigkill(real_data, tmp_path):
     resumed = run_script("train/run.py", "--out", out, "--resume", "--devices", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming {out} after epoch {before['epoch']} of 3" in resumed.stdout
-    assert "2 device(s)" in resumed.stdout
+    assert "2 devices" in resumed.stdout
     history = json.loads((out / "history.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(history["loss"]) == 3 and metrics["devices"] == 2
@@ -101,7 +103,7 @@ def test_two_processes_on_loopback_follow_one_device(real_data, tmp_path, one_de
         for index, process in enumerate(processes):
             log = (tmp_path / f"process-{index}.log").read_text
             assert process.wait(timeout=300) == 0, log()[-3000:]
-            assert "backend jax, 2 device(s)" in log()
+            assert "backend jax, 2 devices" in log()
     finally:
         for process in processes:  # one failed: the other would wait for it
             process.kill()

@@ -10,7 +10,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO, as_from_a_terminal, run_script
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def start_and_wait_for_first_epoch(args: list) -> subprocess.Popen:
     out = args[args.index("--out") + 1]
     process = subprocess.Popen([sys.executable, str(REPO / "train/run.py"), *map(str, args)],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=as_from_a_terminal)
     state_file = out / "state.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
