@@ -79,7 +79,8 @@ def test_runtime_classifies_without_tensorflow(name, thin_venvs, shipped, real_d
     else:
         assert flips <= len(lines) // 100
         assert statistics.median(differences) <= 1 / 256 + 1e-6
-        assert max(differences) <= 32 / 256
+        # 32 int8 steps of the raw output, sharpened by the shipped temperature (0.76)
+        assert max(differences) <= 32 / 256 / 0.76
 
 
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))
