@@ -60,10 +60,11 @@ def make_large(photos: list[Path], folder: Path, megapixels: float) -> list[Path
 
 def classify_run(model: Path, folder: Path, *flags: str, root: Path = ROOT
                  ) -> tuple[float, dict[str, str]]:
-    """(images/s, path -> label) of runtime/classify --json on a folder."""
+    """(images/s, path -> label) of runtime/classify --json on a folder, run from `root`'s
+    own code (on PYTHONPATH: edgeconv/__init__.py then finds that checkout's stages first)."""
     result = subprocess.run([sys.executable, str(root / "runtime" / "classify"), str(model),
                              str(folder), "--json", *flags], capture_output=True, text=True,
-                            timeout=3600)
+                            timeout=3600, env={**os.environ, "PYTHONPATH": str(root)})
     labels = {line["path"]: line["label"] for line in map(json.loads, result.stdout.split(
         "\n")[:-1])}
     rate = float(result.stderr.split(" images/s")[0].rsplit(" ", 1)[-1])
