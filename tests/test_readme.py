@@ -81,3 +81,10 @@ def test_every_readme_command_runs_in_a_fresh_venv(real_data, tmp_path):
         probe = subprocess.run([python, "-c", f"import {name}"], cwd=tmp_path, env=env,
                                capture_output=True, text=True)
         assert (probe.returncode != 0) == fails, (name, probe.stderr[-500:])
+
+
+def test_ci_runs_the_readme_s_test_command_as_written():
+    block = re.findall(r"^```sh\n(.*?)^```", (REPO / "README.md").read_text(), re.S | re.M)[0]
+    command = block.splitlines()[0]
+    assert "pytest" in command
+    assert command in (REPO / ".ci" / "run").read_text().splitlines()
