@@ -14,8 +14,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from edgeconv.runtime import text
-
 # command -> the module it runs (a file of runtime/ for the two device scripts without .py)
 COMMANDS = {
     "classify": "edgeconv.runtime:classify",
@@ -86,11 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         os.execvp("ansible-playbook", ["ansible-playbook", str(source(target)), *args])
     sys.argv = [f"edgeconv {name}", *args]  # the script's sys.exit stands
-    text.FRONT_DOOR = f"edgeconv {name}"  # its --help names the command typed, not the file
+    # The script's --help names the command typed, not its file (runtime/text.command_name).
+    typed = {"EDGECONV_COMMAND": f"edgeconv {name}"}
     if ":" in target:
-        runpy.run_path(str(source(target)), run_name="__main__")
+        runpy.run_path(str(source(target)), init_globals=typed, run_name="__main__")
     else:
-        runpy.run_module(target, run_name="__main__", alter_sys=True)
+        runpy.run_module(target, init_globals=typed, run_name="__main__", alter_sys=True)
     return 0
 
 

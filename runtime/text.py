@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import unicodedata
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -33,10 +34,8 @@ def counted(counts: dict[str, int]) -> str:
     return ", ".join(f"{label} {count}" for label, count in sorted(counts.items()))
 
 
-FRONT_DOOR: str | None = None  # "edgeconv train" while the edgeconv command runs a script
-
-
 def command_name(typed: str) -> str:
     """How the user ran this script, for its --help: `typed` ("python train/run.py",
-    "classify"), or the front door's "edgeconv train" when that ran it."""
-    return FRONT_DOOR or typed
+    "classify"), or "edgeconv train" when the front door ran it (edgeconv/cli.py puts that in
+    the script's globals: nothing reaches the processes the script starts)."""
+    return getattr(sys.modules.get("__main__"), "EDGECONV_COMMAND", None) or typed
