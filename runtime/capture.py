@@ -124,8 +124,12 @@ class Capture:
 
     def _write(self, path: Path, data: bytes) -> None:
         partial = path.with_name(f".{path.name}.partial")
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, path)
+        except OSError:
+            partial.unlink(missing_ok=True)
+            raise
 
     def _rewrite(self, frame: Frame, info: dict) -> None:
         """A new sidecar for `frame` (its label or export), in place of the old one."""
@@ -195,8 +199,12 @@ class Capture:
             base, n = frame_id, 1
             while frame_id in self.frames:
                 frame_id, n = f"{base}-{n}", n + 1
-            self._write(self.rules.folder / f"{frame_id}.jpg", jpeg)
-            self._write(self.rules.folder / f"{frame_id}.json", sidecar)
+            try:
+                self._write(self.rules.folder / f"{frame_id}.jpg", jpeg)
+                self._write(self.rules.folder / f"{frame_id}.json", sidecar)
+            except OSError:  # a full disk: no JPEG left without its sidecar
+                (self.rules.folder / f"{frame_id}.jpg").unlink(missing_ok=True)
+                raise
             self.frames[frame_id] = Frame(frame_id, code, len(jpeg) + len(sidecar), info)
             self.recent.append(clock)
             self.counts["saved"] += 1

@@ -59,8 +59,8 @@ ROUTES: dict[str, dict[str, str]] = {
     "/label": {"GET": "page"},
     "/api/field": {"GET": "field"},
     "/api/field.tar": {"GET": "field_tar"},
-    FIELD_FRAME + "ID": {"GET": "field_frame", "POST": "field_label"},  # the ID is checked
 }
+FRAME_ROUTE = {"GET": "field_frame", "POST": "field_label"}  # /api/field/ID[.jpg], ID checked
 STREAMS = {"/stream.mjpg": "multipart/x-mixed-replace; boundary=frame",
            "/events": "text/event-stream"}
 
@@ -177,9 +177,9 @@ class Web:
                          f"{one_line(error)}")
             response = json_response(500, {"error": "internal error (one line on it in the "
                                            "server's log)"}, {"Connection": "close"})
-        self.app.stats.request(route if route in ROUTES else  # one label for any path
-                               route_key(route) or "other",  # a client makes up
-                               response.status_code)
+        self.app.stats.request(route if route in ROUTES else FIELD_FRAME + "ID" if  # one
+                               is_frame_route(route) else "other",  # label for any path a
+                               response.status_code)  # client makes up
         await response(scope, receive, send)
 
     async def answer(self, request: Request, route: str) -> Response:
@@ -199,7 +199,7 @@ class Web:
         if self.guard.cross_site(headers, host) and not (route in PAGES and
                                                          top_level_navigation(headers)):
             raise Refusal(403, "a request from another site is refused")
-        methods = ROUTES.get(route_key(route) or "")
+        methods = ROUTES.get(route) or (FRAME_ROUTE if is_frame_route(route) else None)
         if methods is None:
             raise Refusal(404, f"no route {route[:200]}")
         method = request.method
@@ -406,14 +406,10 @@ class Web:
         return LiveStream(self, route)
 
 
-def route_key(path: str) -> str | None:
-    """The ROUTES key of a path: itself, or the frame route for /api/field/ID[.jpg]."""
-    if path in ROUTES:
-        return path
-    if path.startswith(FIELD_FRAME) and FRAME_ID.fullmatch(
-            path.removeprefix(FIELD_FRAME).removesuffix(".jpg")):
-        return FIELD_FRAME + "ID"
-    return None
+def is_frame_route(path: str) -> bool:
+    """/api/field/ID or /api/field/ID.jpg, ID a kept frame's name (runtime/capture.py)."""
+    return path.startswith(FIELD_FRAME) and bool(FRAME_ID.fullmatch(
+        path.removeprefix(FIELD_FRAME).removesuffix(".jpg")))
 
 
 def closing_chunks(spool) -> Iterator[bytes]:
