@@ -29,6 +29,7 @@ from edgeconv.runtime.classifier import Classifier
 from edgeconv.runtime.engines import EngineError
 from edgeconv.runtime.metadata import ModelFileError
 from edgeconv.runtime.tables import markdown_table, percent
+from edgeconv.runtime.text import command_name
 
 BATCHES = "1,8,32"
 KERAS = "Keras"
@@ -171,8 +172,10 @@ def test_split(source: Source, data: Path | None) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="benchmarks/formats.py", description=__doc__.split(
-        "\n\n")[0].strip(), epilog="Example: python benchmarks/formats.py runs/augmented "
+    parser = argparse.ArgumentParser(
+        prog=command_name("benchmarks/formats.py"), description=__doc__.split(
+        "\n\n")[0].strip(), epilog=f"Example: {command_name('python benchmarks/formats.py')} "
+        "runs/augmented "
         "--report benchmark.md")
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
                         help="train/run.py run folders")

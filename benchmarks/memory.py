@@ -26,6 +26,7 @@ from pathlib import Path
 
 from edgeconv.common.files import write_json
 from edgeconv.runtime.tables import markdown_table
+from edgeconv.runtime.text import command_name
 from edgeconv.train.dataset import DataError, find_dataset, resolve_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,8 @@ def measure(source: Path, work: Path, size: int, steps: int) -> dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/memory.py", description=__doc__.split(
+    parser = argparse.ArgumentParser(
+        prog=command_name("benchmarks/memory.py"), description=__doc__.split(
         "\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset folder (default: as train/run.py)")
     parser.add_argument("--sizes", default="2000,8000,32000",

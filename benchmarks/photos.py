@@ -37,6 +37,7 @@ from edgeconv.runtime.pipeline import Costs, timed_ms
 from edgeconv.runtime.preprocess import list_images, load_image
 from edgeconv.runtime.progress import progress
 from edgeconv.runtime.tables import markdown_table
+from edgeconv.runtime.text import command_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,8 +155,10 @@ def camera_run(classifier: Classifier, photos: list[Path], folder: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/photos.py", description=__doc__.split(
-        "\n\n")[0], epilog="Example: python benchmarks/photos.py models/plus_int8.tflite "
+    parser = argparse.ArgumentParser(
+        prog=command_name("benchmarks/photos.py"), description=__doc__.split(
+        "\n\n")[0], epilog=f"Example: {command_name('python benchmarks/photos.py')} "
+        "models/plus_int8.tflite "
         "DIR/test")
     parser.add_argument("model", type=Path)
     parser.add_argument("photos", type=Path, help="a folder of class folders of photos")

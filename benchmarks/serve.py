@@ -29,6 +29,7 @@ from pathlib import Path
 from edgeconv.benchmarks.server import Server
 from edgeconv.runtime.preprocess import list_images
 from edgeconv.runtime.tables import markdown_table
+from edgeconv.runtime.text import command_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,8 +101,10 @@ def watch_stream(url: str, stop: threading.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/serve.py", description=__doc__.split(
-        "\n\n")[0], epilog="Example: python benchmarks/serve.py models/plus_int8.tflite "
+    parser = argparse.ArgumentParser(
+        prog=command_name("benchmarks/serve.py"), description=__doc__.split(
+        "\n\n")[0], epilog=f"Example: {command_name('python benchmarks/serve.py')} "
+        "models/plus_int8.tflite "
         "DIR/test")
     parser.add_argument("model", type=Path)
     parser.add_argument("photos", type=Path, help="a folder of photos (searched recursively)")

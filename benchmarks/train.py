@@ -27,6 +27,7 @@ keras = import_keras()
 
 from edgeconv.common.files import write_json  # noqa: E402
 from edgeconv.runtime.tables import markdown_table  # noqa: E402
+from edgeconv.runtime.text import command_name  # noqa: E402
 from edgeconv.train.dataset import DataError, find_dataset, load_split, resolve_data  # noqa: E402
 from edgeconv.train.environment import environment  # noqa: E402
 from edgeconv.train.model import INPUT_SHAPE  # noqa: E402
@@ -96,7 +97,8 @@ def measure(built: dict, steps: int, repeats: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/train.py", description=__doc__.split(
+    parser = argparse.ArgumentParser(
+        prog=command_name("benchmarks/train.py"), description=__doc__.split(
         "\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset folder (default: as train/run.py)")
     parser.add_argument("--steps", type=int, default=30, help="batches per timed epoch")

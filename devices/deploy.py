@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edgeconv.runtime.kinds import SUFFIXES
 from edgeconv.runtime.metadata import ModelFileError, read_metadata
-from edgeconv.runtime.text import display
+from edgeconv.runtime.text import command_name, display
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,8 +176,10 @@ def deploy(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="devices/deploy.py", description=__doc__.split(
-        "\n\n")[0].strip(), epilog="Example: python devices/deploy.py --host pi@raspberrypi.local"
+    parser = argparse.ArgumentParser(
+        prog=command_name("devices/deploy.py"), description=__doc__.split(
+        "\n\n")[0].strip(), epilog=f"Example: {command_name('python devices/deploy.py')} "
+        "--host pi@raspberrypi.local"
         " --model runs/augmented/model_int8.tflite --profile raspberry-pi-5 --service")
     parser.add_argument("--host", required=True, help="USER@HOST of the device")
     parser.add_argument("--port", type=int, default=22, help="SSH port (default: 22)")

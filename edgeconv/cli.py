@@ -14,6 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from edgeconv.runtime import text
+
 # command -> the module it runs (a file of runtime/ for the two device scripts without .py)
 COMMANDS = {
     "classify": "edgeconv.runtime:classify",
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         os.execvp("ansible-playbook", ["ansible-playbook", str(source(target)), *args])
-    sys.argv = [f"edgeconv {name}", *args]  # argparse's prog; the script's sys.exit stands
+    sys.argv = [f"edgeconv {name}", *args]  # the script's sys.exit stands
+    text.FRONT_DOOR = f"edgeconv {name}"  # its --help names the command typed, not the file
     if ":" in target:
         runpy.run_path(str(source(target)), run_name="__main__")
     else:

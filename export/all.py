@@ -16,11 +16,14 @@ from pathlib import Path
 
 from edgeconv.export import formats
 from edgeconv.export.source import ExportError, Source
+from edgeconv.runtime.text import command_name
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export/all.py", description=__doc__.split(
-        "\n\n")[0].strip(), epilog="Example: python export/all.py runs/augmented")
+    parser = argparse.ArgumentParser(
+        prog=command_name("export/all.py"), description=__doc__.split(
+        "\n\n")[0].strip(), epilog=f"Example: {command_name('python export/all.py')} "
+        "runs/augmented")
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="a train/run.py run folder (or its model.keras)")
     parser.add_argument("--formats", default="all", help="comma-separated: tflite, onnx, int8, or "

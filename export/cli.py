@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeconv.export.source import ExportError, Source
+from edgeconv.runtime.text import command_name
 
 
 def exporter_parser(prog: str, doc: str, example: str, out_help: str,
@@ -15,7 +16,10 @@ def exporter_parser(prog: str, doc: str, example: str, out_help: str,
                     ) -> argparse.ArgumentParser:
     """A parser with the arguments every exporter takes: model, --quantize, calibration
     images, --out."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0].strip(),
+    typed = f"python {prog}"
+    example = command_name(typed) + example.removeprefix(typed)
+    parser = argparse.ArgumentParser(prog=command_name(prog),
+                                     description=doc.split("\n\n")[0].strip(),
                                      epilog=f"Example: {example}")
     parser.add_argument("model", type=Path, help="model.keras or a train/run.py run folder")
     parser.add_argument("--quantize", choices=quantizations, default=quantizations[0],

@@ -26,6 +26,7 @@ import numpy as np
 from edgeconv.common.files import atomic_path, write_json
 from edgeconv.export.source import ExportError, Source, calibration_set
 from edgeconv.runtime.tables import markdown_table
+from edgeconv.runtime.text import command_name
 
 FORMATS = ("tflite", "onnx")
 
@@ -139,8 +140,9 @@ def short(name: str, width: int = 48) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="export/layers.py", description=__doc__.split("\n\n")[0].strip(),
-        epilog="Example: python export/layers.py models/plus.keras --format onnx "
+        prog=command_name("export/layers.py"), description=__doc__.split("\n\n")[0].strip(),
+        epilog=f"Example: {command_name('python export/layers.py')} "
+        "models/plus.keras --format onnx "
                "--data ../shared/datasets/cats_and_dogs_small/validation --report layers.md")
     parser.add_argument("model", type=Path, help="model.keras or a train/run.py run folder")
     parser.add_argument("--format", choices=FORMATS, required=True,

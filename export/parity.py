@@ -34,6 +34,7 @@ from edgeconv.runtime.metadata import ModelFileError
 from edgeconv.runtime.preprocess import ImageError, load_image
 from edgeconv.runtime.progress import progress
 from edgeconv.runtime.tables import markdown_table, percent
+from edgeconv.runtime.text import command_name
 
 BATCH = 32
 # The CPU features that decide which int8 kernels an engine runs (x86 and Arm).
@@ -236,8 +237,10 @@ def table(rows: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="export/parity.py", description=__doc__.split(
-        "\n\n")[0].strip(), epilog="Example: python export/parity.py --reference "
+    parser = argparse.ArgumentParser(
+        prog=command_name("export/parity.py"), description=__doc__.split(
+        "\n\n")[0].strip(), epilog=f"Example: {command_name('python export/parity.py')} "
+        "--reference "
         "runs/photos/model.keras --data data/photos/test runs/photos/*.tflite runs/photos/*.onnx")
     parser.add_argument("artifacts", nargs="+", type=Path, help=".tflite / .onnx files")
     parser.add_argument("--reference", type=Path, required=True, help="the Keras model")

@@ -25,6 +25,7 @@ from edgeconv.common.files import atomic_path, write_json
 from edgeconv.export import ship
 from edgeconv.export.source import ExportError
 from edgeconv.runtime.tables import markdown_table, percent
+from edgeconv.runtime.text import command_name
 from edgeconv.train import session
 from edgeconv.train.dataset import DataError, resolve_data
 from edgeconv.train.plots import draw_curves, pyplot, save_figure
@@ -142,7 +143,8 @@ def write_markdown(path: Path, summary: dict, exported: dict[str, dict], command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export/reproduce.py", description=__doc__.split(
+    parser = argparse.ArgumentParser(
+        prog=command_name("export/reproduce.py"), description=__doc__.split(
         "\n\n")[0].strip())
     parser.add_argument("--data", type=Path, help="dataset folder (default: as train/run.py)")
     parser.add_argument("--out", type=Path, default=Path("results"),

@@ -26,6 +26,7 @@ from edgeconv.export.cli import agreement_share
 from edgeconv.export.source import ExportError, Source
 from edgeconv.runtime.metadata import read_metadata
 from edgeconv.runtime.tables import markdown_table, percent
+from edgeconv.runtime.text import command_name
 from edgeconv.train.recipes import RECIPES
 
 INDEX = "models.json"
@@ -312,8 +313,10 @@ def write_cards(models: Path, entries: dict[str, dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export/ship.py", description=__doc__.split(
-        "\n\n")[0].strip(), epilog="Example: python export/ship.py results/plus-seed1 "
+    parser = argparse.ArgumentParser(
+        prog=command_name("export/ship.py"), description=__doc__.split(
+        "\n\n")[0].strip(), epilog=f"Example: {command_name('python export/ship.py')} "
+        "results/plus-seed1 "
         "results/augmented-seed0 --models models")
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
                         help="finished train/run.py runs")

@@ -31,3 +31,12 @@ def plural(count: int, word: str) -> str:
 def counted(counts: dict[str, int]) -> str:
     """"cats 12, dogs 3, unsure 1" (sorted by name); "" for none."""
     return ", ".join(f"{label} {count}" for label, count in sorted(counts.items()))
+
+
+FRONT_DOOR: str | None = None  # "edgeconv train" while the edgeconv command runs a script
+
+
+def command_name(typed: str) -> str:
+    """How the user ran this script, for its --help: `typed` ("python train/run.py",
+    "classify"), or the front door's "edgeconv train" when that ran it."""
+    return FRONT_DOOR or typed

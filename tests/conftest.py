@@ -12,6 +12,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=uses_background)  # last: their jobs have had the whole suite to run
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -211,3 +215,37 @@ def impostor(model: Path, weights: Path, out: Path) -> Path:
         out.write_bytes(weights.read_bytes())
         embed_metadata(out, metadata)
     return out
+
+
+# Long jobs that mostly wait on other programs (QEMU guests, pip into a fresh venv) start with
+# the session, when a selected test needs them, and run beside the rest of the suite; the
+# tests that check them run last.
+BACKGROUND_FIXTURES = ("emulated", "readme_run")
+
+
+def _lower_priority() -> None:
+    """Nice 15 for a background thread and the processes it starts (Linux: per thread, and
+    inherited): they take the CPU the rest of the suite leaves idle, and slow it little."""
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 15)
+
+
+def uses_background(item: pytest.Item) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in BACKGROUND_FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def background() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(6, thread_name_prefix="background", initializer=_lower_priority)
+    yield pool
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def start_background_jobs(request, private_cache) -> None:
+    for name in BACKGROUND_FIXTURES:
+        if any(name in getattr(item, "fixturenames", ()) for item in request.session.items):
+            request.getfixturevalue(name)
+
+
+from emulated_pi import emulated  # noqa: E402, F401  (fixtures other modules' tests use)
+from readme_commands import readme_run  # noqa: E402, F401

@@ -39,3 +39,17 @@ def test_exit_codes_pass_through():
     assert edgeconv("serve", str(MODELS / "plus_int8.tflite"), "--every", "0").returncode == 2
     unknown = edgeconv("nope")
     assert unknown.returncode == 2 and "unknown command 'nope'" in unknown.stderr
+
+
+def test_each_command_s_help_names_the_command_typed():
+    """`edgeconv train --help` shows `edgeconv train`, never the file it runs; the script run
+    by its path keeps its own name."""
+    for name in ("train", "tflite", "classify", "benchmark-photos", "deploy"):
+        result = edgeconv(name, "--help")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"usage: edgeconv {name} "), result.stdout[:200]
+        assert "python " not in result.stdout and ".py" not in result.stdout.split("\n")[0]
+    script = subprocess.run([sys.executable, str(REPO / "train" / "run.py"), "--help"],
+                            capture_output=True, text=True, timeout=300)
+    assert script.stdout.startswith("usage: train/run.py ")
+    assert "Example: python train/run.py " in " ".join(script.stdout.split())

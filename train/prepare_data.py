@@ -31,6 +31,7 @@ from pathlib import Path
 from edgeconv.common.files import write_json
 from edgeconv.runtime.preprocess import ImageError, is_image_file, open_image
 from edgeconv.runtime.progress import ProgressBar, progress
+from edgeconv.runtime.text import command_name
 from edgeconv.train.dataset import SPLITS, data_digest
 from edgeconv.train.download import DownloadError, download
 from edgeconv.train.split import Amount, SplitError, assign, parse_amount
@@ -297,12 +298,12 @@ def prepare(source: Path, out: Path, sizes: dict[str, int]) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="train/prepare_data.py",
+        prog=command_name("train/prepare_data.py"),
         description="Build the train/validation/test class folders from a folder (or zip) of "
         "class folders, or from raw cats-and-dogs photos (Kaggle cat.N.jpg files or "
         "Microsoft's PetImages), skipping bad files.",
-        epilog="Examples: python train/prepare_data.py --source ~/photos --out data/photos | "
-        "python train/prepare_data.py --download",
+        epilog="Examples: {0} --source ~/photos --out data/photos | {0} --download".format(
+            command_name("python train/prepare_data.py")),
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--source", type=Path, help="folder or zip of the raw photos")

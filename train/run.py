@@ -21,6 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
+from edgeconv.runtime.text import command_name
 from edgeconv.train.dataset import DEFAULT_DATA, DataError
 from edgeconv.train.distribute import DeviceError, parse_devices
 from edgeconv.train.recipes import RECIPES, parse_settings, with_settings
@@ -29,11 +30,12 @@ from edgeconv.train.session import Options, train
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="train/run.py",
+        prog=command_name("train/run.py"),
         description="Train a convnet (the seed's Conv 32-64-128-128 + Dense 512, or the plus "
         "recipe's residual separable one) on DIR/{train,validation,test}/<class>/<images> and "
         "write model, metrics and curves to RUN_DIR.",
-        epilog="Example: python train/run.py --data data/photos --recipe augmented "
+        epilog=f"Example: {command_name('python train/run.py')} "
+        "--data data/photos --recipe augmented "
         "--out runs/photos (train/prepare_data.py --source PHOTOS --out data/photos makes "
         "DIR from a folder of class folders)",
     )
