@@ -28,6 +28,7 @@ from PIL import Image, ImageOps
 from edgeconv.benchmarks.server import Server
 from edgeconv.runtime.capture import dhash
 from edgeconv.runtime.preprocess import list_images
+from edgeconv.runtime.text import command_name
 
 FRAME = (640, 480)
 
@@ -58,8 +59,10 @@ def capture_figures(server: Server) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/field.py",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=command_name("benchmarks/field.py"), description=__doc__.split("\n\n")[0],
+        epilog=f"Example: {command_name('python benchmarks/field.py')} "
+        "models/plus_int8.tflite DIR/train --out runs/field-loop --night-test DIR/test")
     parser.add_argument("model", type=Path, help="the model the device runs now")
     parser.add_argument("photos", type=Path, help="class folders of photos: the field")
     parser.add_argument("--out", type=Path, required=True, help="folder for the video, the "
