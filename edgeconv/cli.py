@@ -32,6 +32,7 @@ COMMANDS = {
     "benchmark-memory": "edgeconv.benchmarks.memory",
     "benchmark-photos": "edgeconv.benchmarks.photos",
     "benchmark-serve": "edgeconv.benchmarks.serve",
+    "benchmark-field": "edgeconv.benchmarks.field",
     "deploy": "edgeconv.devices.deploy",
     "fleet": "ansible-playbook:fleet/rollout.yml",
 }

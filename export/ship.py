@@ -108,6 +108,10 @@ def commands(run_dir: Path, models: Path, budget: float | None = None) -> list[s
         train += f" --epochs {run['epochs']}"
     if run.get("limit"):
         train += f" --limit {run['limit']}"
+    if run.get("init"):  # learnt from the field (docs/field.md)
+        train += f" --init {run['init']}"
+    if run.get("field"):
+        train += " --add " + " ".join(run["field"])
     ship = f"python export/ship.py {run_dir} --models {models}"
     made = [train, ship + (f" --budget {budget}" if budget else "")]
     if confidence:  # a temperature and none head added by train/confidence.py

@@ -86,11 +86,14 @@ def calibration_set(source: Source, folder: Path | None, count: int) -> tuple[np
     """Up to `count` images, evenly spread over the folder's sorted files, preprocessed like
     training. Default folder: the run's training split, and for a run with a none head a
     quarter of the images from the negatives that trained it (without them int8 would clip
-    the head's activations to the ranges pets give, and P(none) could never reach 0.5)."""
+    the head's activations to the ranges pets give, and P(none) could never reach 0.5), and
+    for a run with field frames (train --add) a quarter from those it trained on: a night
+    camera's frames range unlike the photos, and int8 calibrated without them flips labels
+    there."""
     training = source.data_split("train")
     folder = folder or training
-    negatives = none_fit_files(source) if folder and training and \
-        folder.resolve() == training.resolve() else []
+    default = bool(folder and training and folder.resolve() == training.resolve())
+    negatives = none_fit_files(source) + field_files(source) if default else []
     if folder is None:
         raise ExportError("no calibration images: pass --calibration DIR (the run does not "
                           "record its training data)")
@@ -114,7 +117,10 @@ def calibration_set(source: Source, folder: Path | None, count: int) -> tuple[np
     # model to devices and their /api/info, and the path would tell the training machine's.
     name = "/".join(folder.resolve().parts[-2:])
     if negatives:
-        name += f" + {min(len(negatives), count // 4)} fit negatives"
+        kinds = " and ".join(kind for kind, files in (("fit negatives", none_fit_files(source)),
+                                                     ("field frames", field_files(source)))
+                             if files)
+        name += f" + {min(len(negatives), count // 4)} {kinds}"
     description = {"name": name, "images": len(images),
                    "skipped": skipped, "sha256": files_digest(list(dict.fromkeys(chosen))),
                    "selection": f"evenly spaced over {len(files)} sorted files"}
@@ -139,6 +145,12 @@ def none_fit_files(source: Source) -> list[Path]:
         raise ExportError(f"{folder}: the none head's negatives ({', '.join(missing)}) are not "
                           "there; int8 calibration needs them (or pass --calibration DIR)")
     return [path for name in none["fit_folders"] for path in list_images(folder / name)]
+
+
+def field_files(source: Source) -> list[Path]:
+    """The field frames the run trained on (train --add: RUN_DIR/field/train/CLASS/)."""
+    folder = source.run_dir / "field" / "train"
+    return list_images(folder) if source.run.get("field") and folder.is_dir() else []
 
 
 def files_digest(files: list[Path]) -> str:

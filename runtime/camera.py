@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeconv.runtime.capture import Capture
 from edgeconv.runtime.classifier import Classifier, Prediction
 from edgeconv.runtime.hotswap import HotModel
 from edgeconv.runtime.pipeline import in_order
 from edgeconv.runtime.quiet import native_stderr_silenced
+from edgeconv.runtime.shadow import Shadow
 from edgeconv.runtime.text import display
 
 
@@ -153,9 +155,13 @@ def classified_frames(model: Classifier | HotModel, source: str, width: int | No
 
 def run_camera(model: Classifier | HotModel, source: str, width: int | None = None,
                height: int | None = None, every: int = 1, max_frames: int | None = None,
-               show: bool | None = None, json_lines: bool = False) -> dict:
-    """Classify every `every`-th frame, a line each; return a summary (its latencies: from
-    a frame's capture to its answer). Ctrl-C ends cleanly."""
+               show: bool | None = None, json_lines: bool = False,
+               capture: Capture | None = None, shadow: Shadow | None = None,
+               max_seconds: float | None = None) -> dict:
+    """Classify every `every`-th frame, a line each, for at most `max_frames` frames and
+    `max_seconds`; return a summary (its latencies: from a frame's capture to its answer).
+    Ctrl-C ends cleanly. With `capture` (and a HotModel), the frames its rules want are kept;
+    with `shadow`, its candidate classifies each frame too, unseen but counted."""
     show = has_display() if show is None else show
     counts: Counter = Counter()
     latencies: list[float] = []  # from capture to answer
@@ -165,6 +171,10 @@ def run_camera(model: Classifier | HotModel, source: str, width: int | None = No
                                                                    every, max_frames):
             latencies.append(latency)
             counts[prediction.label] += 1
+            if capture is not None and isinstance(model, HotModel):
+                capture.keep(frame, prediction, model, lambda line: print(line, file=sys.stderr))
+            if shadow is not None:
+                shadow.compare(frame, prediction)
             if json_lines:
                 print(json.dumps({"frame": index, **prediction.as_dict()}), flush=True)
             else:
@@ -174,6 +184,8 @@ def run_camera(model: Classifier | HotModel, source: str, width: int | None = No
                     f"{name} {score:.2f}" for name, score in ranked), flush=True)
             if show and not _draw(frame, prediction, len(latencies) /
                                   (time.perf_counter() - started)):
+                break
+            if max_seconds is not None and time.perf_counter() - started >= max_seconds:
                 break
     except KeyboardInterrupt:
         pass

@@ -12,6 +12,7 @@ fails for any reason is refused with one log line and the old model keeps servin
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -32,23 +33,24 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def private_copy(path: Path) -> int:
+def private_copy(path: Path) -> tuple[int, str]:
     """A memfd holding the bytes of the model file at `path` (metadata.read_model_file: a
-    regular file within the size limit, read without blocking)."""
+    regular file within the size limit, read without blocking), and their SHA-256."""
     data = read_model_file(path)
     memory = os.memfd_create("edgeconv-model", os.MFD_CLOEXEC)
     view, written = memoryview(data), 0
     while written < len(data):  # os.write may write less than asked
         written += os.write(memory, view[written:])
-    return memory
+    return memory, hashlib.sha256(data).hexdigest()
 
 
-def load_private(path: Path, factory: Callable[[Path], Classifier]) -> Classifier:
-    """`factory` run on a private in-memory copy of `path`; errors name `path`, not the copy."""
-    memory = private_copy(path)
+def load_private(path: Path, factory: Callable[[Path], Classifier]) -> tuple[Classifier, str]:
+    """`factory` run on a private in-memory copy of `path`, and the SHA-256 of the bytes it
+    loaded; errors name `path`, not the copy."""
+    memory, sha256 = private_copy(path)
     copy = f"/proc/self/fd/{memory}"
     try:
-        return factory(Path(copy))
+        return factory(Path(copy)), sha256
     except (ModelFileError, EngineError) as error:
         raise type(error)(str(error).replace(copy, str(path))) from None
     finally:
@@ -62,7 +64,8 @@ class HotModel:
                  interval: float = 1.0, log: Callable[[str], None] = _log):
         self.path, self.factory, self.interval, self.log = Path(path), factory, interval, log
         self.signature = self._signature()
-        self.classifier = load_private(self.path, factory)  # the first load's errors: caller's
+        # the first load's errors are the caller's; sha256: of the file the model came from
+        self.classifier, self.sha256 = load_private(self.path, factory)
         self.swaps = 0
         self.refused = 0
         self._checked = time.monotonic()
@@ -91,14 +94,14 @@ class HotModel:
                 return False  # gone for a moment (mid-rename) or unchanged
             self.signature = signature
             try:
-                candidate = load_private(self.path, self.factory)
+                candidate, sha256 = load_private(self.path, self.factory)
                 self._check(candidate)
             except Exception as error:  # noqa: BLE001  no file may stop the watcher
                 self.refused += 1
                 self.log(f"model {self.path}: new file refused, the previous model keeps "
                          f"serving ({type(error).__name__}: {one_line(error)})")
                 return False
-            self.classifier = candidate
+            self.classifier, self.sha256 = candidate, sha256
             self.swaps += 1
             self.log(f"model {self.path}: swapped in ({candidate.metadata.get('quantization')}, "
                      f"{', '.join(candidate.labels)})")

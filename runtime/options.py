@@ -1,7 +1,8 @@
 """The options classify and serve share, declared once, and the settings they resolve to.
 
 Both commands take a model, how to run it (--engine, --threads, --min-score, --full-decode),
-a device profile and a camera (--camera, --width, --height, --every). resolve() fills what the
+a device profile, a camera (--camera, --width, --height, --every) and where to keep the frames
+the model was unsure of (--capture DIR and its bounds, runtime/capture.py). resolve() fills what the
 command line left unset from the profile, then the defaults, and checks the ranges: the
 commands read one Settings object and never the profile.
 """
@@ -12,6 +13,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeconv.runtime.capture import CaptureRules
 from edgeconv.runtime.classifier import Classifier
 from edgeconv.runtime.engines import ENGINES
 from edgeconv.runtime.kinds import by_suffix
@@ -34,6 +36,7 @@ class Settings:
     width: int | None
     height: int | None
     every: int
+    capture: CaptureRules | None = None  # None: no frame is kept
 
     def load(self, path: Path) -> Classifier:
         """The model at `path` (this model, or its replacement in a hot swap), as set."""
@@ -72,6 +75,26 @@ def add_shared_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     camera.add_argument("--height", type=int, help="capture height (default: the profile's)")
     camera.add_argument("--every", type=int, metavar="N",
                         help="classify every Nth frame (default: the profile's, else 1)")
+    capture = parser.add_argument_group(
+        "capture", "keep the camera's frames the model is unsure of, to label on the device "
+        "(serve's /label page) and learn from (docs/field.md); off by default")
+    defaults = CaptureRules(Path("."))
+    capture.add_argument("--capture", type=Path, metavar="DIR",
+                         help="keep frames answered none or unsure, or scored under "
+                         "--capture-below, in DIR: a JPEG and a JSON sidecar each")
+    capture.add_argument("--capture-below", type=float, metavar="S", default=defaults.below,
+                         help="keep frames whose calibrated score is under S (default: "
+                         "%(default)s)")
+    capture.add_argument("--capture-per-minute", type=int, metavar="N",
+                         default=defaults.per_minute, help="keep at most N frames a minute "
+                         "(default: %(default)s)")
+    capture.add_argument("--capture-keep", type=int, metavar="M", default=defaults.keep,
+                         help="keep at most M frames in DIR; to make room the oldest exported, "
+                         "then the oldest unlabelled go first, labelled ones only once "
+                         "exported (default: %(default)s)")
+    capture.add_argument("--capture-mb", type=float, metavar="MB",
+                         default=defaults.max_bytes / 2**20,
+                         help="and at most MB megabytes (default: %(default)g)")
     return camera
 
 
@@ -101,7 +124,22 @@ def resolve(args: argparse.Namespace, threads: int | None = None) -> Settings:
         if chosen[key] is not None and chosen[key] < 1:
             raise SettingsError(f"--{key} must be at least 1")
     return Settings(model=args.model, min_score=args.min_score, full_decode=args.full_decode,
-                    profile=args.profile, camera=camera, **chosen)
+                    profile=args.profile, camera=camera, capture=capture_rules(args), **chosen)
+
+
+def capture_rules(args: argparse.Namespace) -> CaptureRules | None:
+    """The --capture flags as rules (None without --capture); SettingsError out of range."""
+    if args.capture is None:
+        return None
+    if not 0 <= args.capture_below <= 1:
+        raise SettingsError("--capture-below must be between 0 and 1")
+    if args.capture_per_minute < 1 or args.capture_keep < 1 or args.capture_mb <= 0:
+        raise SettingsError("--capture-per-minute, --capture-keep and --capture-mb must be "
+                            "above 0")
+    if args.capture.exists() and not args.capture.is_dir():
+        raise SettingsError(f"--capture {args.capture}: exists and is not a folder")
+    return CaptureRules(args.capture, args.capture_below, args.capture_per_minute,
+                        args.capture_keep, int(args.capture_mb * 2**20))
 
 
 def parse_settings(parser: argparse.ArgumentParser, args: argparse.Namespace,

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from edgeconv.runtime.camera import classified_frames, file_fps, is_live
+from edgeconv.runtime.capture import Capture
 from edgeconv.runtime.confidence import NONE
 from edgeconv.runtime.evaluate import UNSURE
 from edgeconv.runtime.hotswap import HotModel
@@ -174,8 +175,8 @@ class App:
     """What the handlers share: the model, the camera's output, counters and settings."""
 
     def __init__(self, model: HotModel, profile: str | None = None,
-                 log: Callable[[str], None] | None = None):
-        self.model, self.profile = model, profile
+                 log: Callable[[str], None] | None = None, capture: Capture | None = None):
+        self.model, self.profile, self.capture = model, profile, capture
         self.stats = Stats()
         self.live = Live()
         self.stop = threading.Event()
@@ -201,6 +202,8 @@ class App:
                         self.stop.wait(max(0.0, started + count * period - time.perf_counter()))
                     self.fps = count / max(time.perf_counter() - started, 1e-9)
                     self.stats.inference(prediction.ms, frame=True, label=prediction.label)
+                    if self.capture is not None:
+                        self.capture.keep(frame, prediction, self.model, self.log)
                     jpeg = None
                     now = time.perf_counter()
                     if self.live.viewers and now - last_jpeg >= 1 / STREAM_FPS:
@@ -227,6 +230,7 @@ class App:
                 "frames": self.stats.frames, "camera": self.live.running,
                 "fps": round(self.fps, 2), "model_swaps": self.model.swaps,
                 "model_refused": self.model.refused,
+                "capture": None if self.capture is None else self.capture.usage(),
                 **self.stats.percentiles()}
 
 

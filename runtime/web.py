@@ -2,11 +2,13 @@
 thing a client controls, as an ASGI app (Starlette's requests and responses) that
 runtime/listener.py serves.
 
-Every answer but the page, the stream and the events is one line of JSON (or Prometheus
-text); every refusal is {"error": ...} with its status. A request passes, in order: a head
-within Limits.headers lines and Limits.head_bytes (431), a Host this server is known by
-(421), not from another site (403), a route (404) and method (405), the token (401, but for
-/healthz). A handler's own exception is a 500 and one log line.
+Every answer but the pages, the stream, the events, a kept frame's JPEG and the tar of the
+labelled ones is one line of JSON (or Prometheus text); every refusal is {"error": ...} with
+its status. A request passes, in order: a head within Limits.headers lines and
+Limits.head_bytes (431), a Host this server is known by (421), not from another site (403), a
+route (404) and method (405), the token (401, but for /healthz). The pages / and /label take
+the token once as ?token=, then as a cookie. A handler's own exception is a 500 and one log
+line.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ import asyncio
 import contextlib
 import json
 import os
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
+from edgeconv.runtime.capture import FRAME_ID, Capture, CaptureError, chunks
 from edgeconv.runtime.classifier import Prediction
+from edgeconv.runtime.confidence import NONE
 from edgeconv.runtime.guard import COOKIE, FORM_TYPE, Guard, body_type_allowed, top_level_navigation
 from edgeconv.runtime.listener import Limits
 from edgeconv.runtime.preprocess import ImageBusy, ImageError
@@ -32,6 +37,9 @@ from edgeconv.runtime.quiet import one_line
 from edgeconv.runtime.server import App
 
 PAGE = Path(__file__).with_name("page.html")
+LABEL_PAGE = Path(__file__).with_name("label.html")
+PAGES = {"/": PAGE, "/label": LABEL_PAGE}  # each takes ?token= once, then the cookie
+FIELD_FRAME = "/api/field/"  # + ID.jpg (GET) or ID (POST a label)
 MAX_FORM_PARTS = 64  # a form holds one image; the page sends one part
 MAX_STREAMS = 32  # /stream.mjpg and /events at once; each lasts as long as its viewer
 ANSWER_S = 30.0  # decoding and inference, including the wait for a decoding slot
@@ -48,7 +56,11 @@ ROUTES: dict[str, dict[str, str]] = {
     "/metrics": {"GET": "metrics"},
     "/stream.mjpg": {"GET": "stream"},
     "/events": {"GET": "events"},
+    "/label": {"GET": "page"},
+    "/api/field": {"GET": "field"},
+    "/api/field.tar": {"GET": "field_tar"},
 }
+FRAME_ROUTE = {"GET": "field_frame", "POST": "field_label"}  # /api/field/ID[.jpg], ID checked
 STREAMS = {"/stream.mjpg": "multipart/x-mixed-replace; boundary=frame",
            "/events": "text/event-stream"}
 
@@ -165,8 +177,9 @@ class Web:
                          f"{one_line(error)}")
             response = json_response(500, {"error": "internal error (one line on it in the "
                                            "server's log)"}, {"Connection": "close"})
-        self.app.stats.request(route if route in ROUTES else "other",  # one label for
-                               response.status_code)  # any path a client makes up
+        self.app.stats.request(route if route in ROUTES else FIELD_FRAME + "ID" if  # one
+                               is_frame_route(route) else "other",  # label for any path a
+                               response.status_code)  # client makes up
         await response(scope, receive, send)
 
     async def answer(self, request: Request, route: str) -> Response:
@@ -183,17 +196,17 @@ class Web:
         if not self.guard.host_allowed(host, local):
             raise Refusal(421, f"this server does not answer to Host {host[:100]!r}; "
                           "see serve --allow-host")
-        if self.guard.cross_site(headers, host) and not (route == "/" and
+        if self.guard.cross_site(headers, host) and not (route in PAGES and
                                                          top_level_navigation(headers)):
             raise Refusal(403, "a request from another site is refused")
-        methods = ROUTES.get(route)
+        methods = ROUTES.get(route) or (FRAME_ROUTE if is_frame_route(route) else None)
         if methods is None:
             raise Refusal(404, f"no route {route[:200]}")
         method = request.method
         if method not in methods and not (method == "HEAD" and "GET" in methods):
             raise Refusal(405, f"{method[:20]} not allowed on {route}",
                           {"Allow": ", ".join(methods)})
-        query_token = request.query_params.get("token") if route == "/" else None
+        query_token = request.query_params.get("token") if route in PAGES else None
         if route != "/healthz" and not self.guard.authorized(headers, request.cookies,
                                                              query_token):
             raise Refusal(401, "token required: Authorization: Bearer TOKEN, or open "
@@ -206,11 +219,12 @@ class Web:
     # --- routes ----------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
+        route = request.scope["raw_path"].decode("latin-1")
         if request.query_params.get("token") and self.guard.token:  # remember; drop from URL
             return Response(b"", 303, {
                 "Set-Cookie": f"{COOKIE}={self.guard.token}; HttpOnly; SameSite=Strict; Path=/",
-                "Location": "/", "Cache-Control": "no-store"}, media_type="text/plain")
-        return Response(PAGE.read_bytes(), 200, {"Cache-Control": "no-store"},
+                "Location": route, "Cache-Control": "no-store"}, media_type="text/plain")
+        return Response(PAGES[route].read_bytes(), 200, {"Cache-Control": "no-store"},
                         media_type="text/html; charset=utf-8")
 
     async def healthz(self, request: Request) -> Response:
@@ -231,6 +245,17 @@ class Web:
         extra = {"viewers": self.app.live.viewers, "model_swaps_total": model.swaps,
                  "model_refused_total": model.refused, "streams": self.streams,
                  "uptime_seconds": round(time.time() - self.app.stats.started, 1)}
+        if self.app.capture is not None:
+            usage = self.app.capture.usage()
+            extra |= {"capture_frames": usage["frames"], "capture_bytes": usage["bytes"],
+                      "capture_bytes_limit": usage["max_bytes"],
+                      "capture_labelled": usage["labelled"],
+                      "capture_saved_total": usage["saved"],
+                      "capture_duplicates_total": usage["duplicate"],
+                      "capture_rate_limited_total": usage["rate"],
+                      "capture_full_total": usage["full"],
+                      "capture_dropped_total": usage["dropped"],
+                      "capture_errors_total": usage["errors"]}
         return Response(self.app.stats.prometheus(extra).encode(), 200,
                         {"Cache-Control": "no-store"}, media_type="text/plain; version=0.0.4")
 
@@ -304,6 +329,69 @@ class Web:
         finally:
             self.bodies -= held[0]
 
+    # --- the frames kept by --capture, labelled on /label ----------------------------------
+
+    def capture(self) -> Capture:
+        if self.app.capture is None:
+            raise Refusal(404, "no capture folder: start serve with --capture DIR")
+        return self.app.capture
+
+    def field_labels(self) -> list[str]:
+        return [*self.app.model.classifier.labels, NONE]
+
+    async def field(self, request: Request) -> Response:
+        capture = self.capture()
+        return json_response(200, {"labels": self.field_labels(),
+                                   "classes": self.app.model.classifier.labels,
+                                   "frames": capture.listing(), "usage": capture.usage()})
+
+    async def field_frame(self, request: Request) -> Response:
+        name = request.scope["raw_path"].decode("latin-1").removeprefix(FIELD_FRAME)
+        if not name.endswith(".jpg"):
+            raise Refusal(404, f"no route {FIELD_FRAME}{name[:100]}")
+        try:
+            data = self.capture().jpeg(name.removesuffix(".jpg"))
+        except CaptureError as error:
+            raise Refusal(404, str(error)) from None
+        return Response(data, 200, {"Cache-Control": "no-store"}, media_type="image/jpeg")
+
+    async def field_label(self, request: Request) -> Response:
+        """POST {"label": CLASS | "none" | null} labels a frame; null takes the label back."""
+        frame_id = request.scope["raw_path"].decode("latin-1").removeprefix(FIELD_FRAME)
+        capture = self.capture()
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";", 1)[0].strip().lower() != "application/json":
+            raise Refusal(415, 'send Content-Type application/json: {"label": "NAME"}',
+                          close=True)
+        async with self.body(request) as body:
+            try:
+                label = json.loads(body)["label"]
+            except (ValueError, KeyError, TypeError):
+                raise Refusal(400, 'the body is not {"label": "NAME"} (or null)') from None
+        try:
+            answer = capture.label(frame_id, label, self.field_labels())
+        except CaptureError as error:
+            raise Refusal(404 if str(error).startswith("no frame") else 400, str(error)
+                          ) from None
+        return json_response(200, answer)
+
+    async def field_tar(self, request: Request) -> Response:
+        """The labelled frames as a tar (built in a temporary file, then streamed)."""
+        capture = self.capture()
+        spool = tempfile.TemporaryFile()  # noqa: SIM115  (closed when the stream ends)
+        try:
+            count = await asyncio.get_running_loop().run_in_executor(self.pool, capture.export,
+                                                                     spool)
+        except BaseException:
+            spool.close()
+            raise
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        name = "".join(c if c.isalnum() or c in "-." else "-" for c in capture.device)
+        return StreamingResponse(closing_chunks(spool), 200, {
+            "Cache-Control": "no-store", "X-Frames": str(count),
+            "Content-Disposition": f'attachment; filename="field-{name}-{stamp}.tar"'},
+            media_type="application/x-tar")
+
     async def stream(self, request: Request) -> Response:
         if self.app.camera_started is None:
             raise Refusal(404, "no camera: start serve with --camera")
@@ -316,6 +404,19 @@ class Web:
         if self.streams >= MAX_STREAMS:
             raise Refusal(503, f"{MAX_STREAMS} streams are open already; try again later")
         return LiveStream(self, route)
+
+
+def is_frame_route(path: str) -> bool:
+    """/api/field/ID or /api/field/ID.jpg, ID a kept frame's name (runtime/capture.py)."""
+    return path.startswith(FIELD_FRAME) and bool(FRAME_ID.fullmatch(
+        path.removeprefix(FIELD_FRAME).removesuffix(".jpg")))
+
+
+def closing_chunks(spool) -> Iterator[bytes]:
+    try:
+        yield from chunks(spool)
+    finally:
+        spool.close()
 
 
 class LiveStream(Response):

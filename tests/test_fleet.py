@@ -21,10 +21,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sshd
 from conftest import MODELS, REPO, impostor, run_script
+from test_field import frames_of, post_label, scored, write_video
+from test_field import metrics as field_metrics
 
+from edgeconv.benchmarks.server import Server
+from edgeconv.runtime.capture import dhash
 from edgeconv.runtime.classifier import Classifier
 from edgeconv.runtime.profiles import available, load_profile
 
@@ -358,3 +363,110 @@ def test_a_code_update_over_root_owned_bytecode_keeps_the_host_working(fleet, fl
     assert leftovers == ["old-runtime"]  # what its user could not remove; reported
     for old in folder.glob(".old-runtime.*"):
         shutil.rmtree(old)
+
+
+def label_of(kept: dict, frames: list[np.ndarray], truths: list[str]) -> str:
+    """The true class of a kept frame: that of the video frame nearest by dHash."""
+    code = int(kept["dhash"], 16)
+    distances = [bin(code ^ dhash(frame[:, :, ::-1].copy())).count("1") for frame in frames]
+    return truths[int(np.argmin(distances))]
+
+
+def agreement(first: Path, second: Path, frames: list[np.ndarray]) -> float:
+    return float(np.mean([a.label == b.label for a, b in zip(scored(first, frames),
+                                                              scored(second, frames))]))
+
+
+@pytest.mark.slow
+@pytest.mark.system
+def test_the_field_loop_captures_labels_retrains_and_rolls_out_behind_a_canary(
+        fleet, fleet_on_plus, real_data, few_photos, tiny_run, tmp_path):
+    """serve keeps the frames plus is unsure of, a client labels them through the page's API,
+    the tar trains a model that continues from plus, parity passes, and the fleet rolls it out
+    behind a canary; a deliberately worse model is stopped at the canary and rolled back."""
+    fleet.bring_to(PLUS)
+    # 1. capture: a video of the test photos plus is least sure of, as serve's camera
+    photos = [path for name in ("cats", "dogs") for path in
+              sorted((real_data / "test" / name).iterdir())[100:300]]
+    frames = frames_of(photos)
+    predictions = scored(PLUS, frames)
+    unsure = [i for i, p in enumerate(predictions) if p.score < 0.7 and p.label != "none"][:12]
+    field_frames = [frames[i] for i in unsure]
+    truths = [photos[i].parent.name for i in unsure]
+    video = write_video(tmp_path / "field.avi", field_frames)
+    kept = tmp_path / "kept"
+    server = Server(PLUS, "--camera", video, "--capture", kept, "--capture-per-minute", "100")
+    try:
+        deadline = time.monotonic() + 60
+        while field_metrics(server).get("edgeconv_capture_duplicates_total", 0) < len(unsure):
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.3)
+        # 2. label through the page's API, fetch the tar
+        _, listing = server.json("/api/field")
+        assert 8 <= len(listing["frames"]) <= len(unsure)
+        for frame in listing["frames"]:
+            info = json.loads((kept / f"{frame['id']}.json").read_text())
+            assert post_label(server, frame["id"], label_of(info, field_frames, truths))[0] == 200
+        status, _, tar = server.request("/api/field.tar")
+        assert status == 200
+    finally:
+        assert "Traceback" not in server.stop()
+    (tmp_path / "field.tar").write_bytes(tar)
+
+    # 3. retrain from plus on them, export, parity on the test photos and the field frames
+    run = tmp_path / "run"
+    trained = run_script("train/run.py", "--data", real_data, "--recipe", "plus", "--limit", "20",
+                         "--epochs", "1", "--set", "learning_rate=0.0002", "--init",
+                         MODELS / "plus.keras", "--add", tmp_path / "field.tar", "--out", run)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    print(trained.stdout[-1500:])
+    field = json.loads((run / "metrics.json").read_text())["field"]
+    assert set(field["accuracy"]) == {"old", "new"} and "field" in field["accuracy"]["new"]
+    assert sum(field["train"].values()) + sum(field["heldout"].values()) == len(
+        listing["frames"])
+    exported = run_script("export/all.py", run, "--formats", "tflite-int8")
+    assert exported.returncode == 0, exported.stdout + exported.stderr[-2000:]
+    new = run / "model_int8.tflite"
+    parity = run_script("export/parity.py", new, "--reference", run / "model.keras", "--data",
+                        few_photos, "--int8-agreement", "0.9", "--int8-max-drop", "0.1")
+    assert parity.returncode == 0, parity.stdout + parity.stderr[-2000:]  # 20 photos: 5% each
+
+    # 4. the fleet: the new model in shadow on the canaries' camera, then everywhere
+    camera_folder = Path(tempfile.mkdtemp(prefix="edgeconv-canary-", dir="/var/tmp"))
+    try:
+        os.chmod(camera_folder, 0o755)
+        everyday = [path for name in ("cats", "dogs") for path in
+                    sorted((real_data / "test" / name).iterdir())[300:315]]
+        camera = write_video(camera_folder / "door.avi", frames_of(everyday))
+        os.chmod(camera, 0o644)
+        bounds = ["-e", f"edgeconv_camera={camera}", "-e", "canary_frames=30", "-e",
+                  "canary_hosts=2", "-e", "canary_min_agreement=0.85"]
+        assert agreement(PLUS, new, frames_of(everyday)) >= 0.9  # the premise, here
+        good = fleet.rollout(new, *bounds)
+        print(f"\ncanary passed and rolled out: {good.seconds:.1f} s")
+        assert good.returncode == 0, good.output[-3000:]
+        assert good.output.count("canary passed: 30 frames") == 2
+        assert set(fleet.current().values()) == {sha256(new)}
+
+        worse = useless_model(tiny_run)
+        assert agreement(new, worse, frames_of(everyday)) < 0.85  # the premise, here
+        bad = fleet.rollout(worse, *bounds)
+        print(f"\ncanary out of bounds: {bad.seconds:.1f} s\n" + "\n".join(
+            line for line in bad.output.splitlines() if "canary" in line.lower()))
+        assert bad.returncode != 0
+        assert "canary failed, rolled back, current model kept, rollout stopped: " in bad.output
+        assert "PLAY [Roll out edgeconv]" not in bad.output.split("canary failed")[1]
+        first, second, third = fleet.devices
+        assert third not in bad.recap()  # never reached
+        assert set(fleet.current().values()) == {sha256(new)}
+        for host in (first, second):
+            assert not list(fleet.models(host).glob(f"model_int8-{sha256(worse)[:12]}*"))
+    finally:
+        shutil.rmtree(camera_folder, ignore_errors=True)
+
+
+def useless_model(tiny_run: Path) -> Path:
+    """The untrained tiny convnet, exported to int8: an honest file, a useless model."""
+    result = run_script("export/all.py", tiny_run, "--formats", "tflite-int8")
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    return tiny_run / "model_int8.tflite"

@@ -67,9 +67,18 @@ def data_digest(files: dict[str, str]) -> str:
 
 def dataset_digest(dataset: Dataset) -> str:
     """data_digest of every photo the dataset's splits hold."""
-    return data_digest({path.relative_to(dataset.root).as_posix():
+    return data_digest({relative_name(path, dataset.root):
                         hashlib.sha256(path.read_bytes()).hexdigest()
                         for entries in dataset.splits.values() for path, _ in entries})
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """"split/class/name" of a photo of the dataset; a field frame added from outside it
+    (train.field, RUN_DIR/field/PART/CLASS/NAME) is "field/PART/CLASS/NAME"."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return "/".join(path.parts[-4:])
 
 
 def natural_key(path: Path) -> list:

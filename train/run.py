@@ -7,6 +7,11 @@ RUN_DIR receives model.keras (float32, inputs 0..255), history.json, metrics.jso
 curves.png. A checkpoint is written after every epoch: --resume continues a run that was
 interrupted (Ctrl-C, SIGTERM, even SIGKILL) from its last completed epoch, and with a lower
 --epochs ends it early, with the weights of its best epoch. The first steps time the run.
+
+--add FIELD.tar... adds frames labelled on a device (serve's /api/field.tar) to the training
+split, a quarter of them held out as a field split; --init MODEL starts from a trained model's
+weights (models/plus.keras, a run's model.keras). The run then scores the new model, and the
+--init one, on the test split and the field split (docs/field.md).
 """
 
 from __future__ import annotations
@@ -75,6 +80,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="continue the run in --out from its last completed epoch, with "
                         "the data, recipe, settings, seed and epochs it was started with "
                         "(--epochs may lower the epochs)")
+    field = parser.add_argument_group("learn from the field (docs/field.md)")
+    field.add_argument("--add", nargs="+", type=Path, default=[], metavar="FIELD.tar",
+                       help="frames labelled on a device (serve's /api/field.tar, or the tar "
+                       "unpacked): three in four join the training split, one in four is held "
+                       "out as a field split; validation and test stay the original photos")
+    field.add_argument("--init", type=Path, metavar="MODEL.keras",
+                       help="start from this model's weights (e.g. models/plus.keras with "
+                       "--recipe plus) instead of random ones; its none head is left out")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2],
                         help="Keras output: 1 progress bar, 2 a line per epoch "
                         "(default: 1 on a terminal, else 2)")
@@ -92,6 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--processes needs --coordinator HOST:PORT")
     if not 0 <= args.process_id < args.processes:
         parser.error(f"--process-id must be 0 to {args.processes - 1}")
+    if args.init is not None and not args.init.is_file():
+        parser.error(f"--init {args.init}: no such model file")
+    if args.resume and (args.add or args.init):
+        parser.error("--resume continues the run with its own --add and --init; leave them out")
     for name in ("epochs", "batch_size", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:

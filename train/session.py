@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeconv.common.files import atomic_path, remove_partial_files, write_json
+from edgeconv.runtime.confidence import class_columns
 from edgeconv.runtime.evaluate import accuracy, confusion_matrix, decide
 from edgeconv.runtime.text import plural
 from edgeconv.train.backend import import_keras
 from edgeconv.train.dataset import DataError, dataset_digest, find_dataset, load_split, resolve_data
+from edgeconv.train.field import add_field
 from edgeconv.train.recipes import RECIPES, with_settings
 
 RUN_FILE = "run.json"
@@ -43,12 +45,17 @@ class Options:
     coordinator: str | None = None  # HOST:PORT of process 0
     resume: bool = False
     verbose: int | None = None
+    add: list[Path] = field(default_factory=list)  # field tars (train.field)
+    init: Path | None = None  # a model.keras whose weights the network starts from
 
 
 def train(options: Options) -> int:
     """Train (or resume) the run in options.out; 0 when finished, 130 when interrupted."""
     previous = previous_run(options.out, options.resume)
     config, recipe, dataset, devices = plan(options, previous)
+    added = None
+    if config["field"]:  # after the checks on --out: the frames are unpacked into it
+        dataset, added = add_field(dataset, [Path(p) for p in config["field"]], options.out)
     if previous and (options.out / "metrics.json").exists() \
             and previous["epochs"] == config["epochs"]:
         print(f"{options.out}: run already complete ({plural(config['epochs'], 'epoch')}); "
@@ -59,6 +66,10 @@ def train(options: Options) -> int:
     early = bool(previous) and config["epochs"] < previous["epochs"]
     if early and (options.out / "metrics.json").exists():
         raise DataError(f"{options.out}: the run is finished; --epochs cannot shorten it")
+    if added:
+        print(f"field: {sum(map(len, added.train.values()))} frames added to the training "
+              f"split, {sum(map(len, added.heldout.values()))} held out (the field split), "
+              f"{added.none} labelled none not used")
     train_set, validation_set = load_split(dataset, "train"), load_split(dataset, "validation")
     options.out.mkdir(parents=True, exist_ok=True)  # only once the photos are known good
     steps = recipe.steps_per_epoch(len(train_set[0]), config["batch_size"])
@@ -98,6 +109,8 @@ def train(options: Options) -> int:
         ended_early = {"planned_epochs": previous["epochs"], "weights_of_epoch": best["epoch"]}
     metrics = finish(options.out, model, state, config, recipe, dataset, validation_set, steps,
                      devices.count, ended_early)
+    if added:
+        metrics = compare_on_field(options.out, metrics, config, dataset, added)
     print(f"test accuracy {metrics['test_accuracy']:.4f}, validation "
           f"{metrics['val_accuracy']:.4f} | {plural(config['epochs'], 'epoch')} in "
           f"{metrics['train_seconds']:.0f} s, {metrics['images_per_second']:.0f} images/s | "
@@ -158,6 +171,8 @@ def plan(options: Options, previous: dict | None):
         "limit": chosen("limit"),
         "precision": precision,
         "data": str(data.resolve()),
+        "field": [str(p.resolve()) for p in options.add] or previous.get("field") or None,
+        "init": str(options.init.resolve()) if options.init else previous.get("init"),
         "classes": dataset.classes,
         "input_shape": list(INPUT_SHAPE),
     }
@@ -192,8 +207,74 @@ def start_or_resume(out: Path, config: dict, recipe, steps: int, resumed: bool):
         model = trainer.new_training_model(
             recipe, len(config["classes"]), config["precision"], config["seed"],
             tuple(config["input_shape"]), steps, config["epochs"])
+        if config["init"]:
+            start_from(model.layers[-1], Path(config["init"]))
     keras.utils.set_random_seed(config["seed"] + state["epoch"])
     return model, state
+
+
+def start_from(network, path: Path) -> None:
+    """Copy the weights of the model at `path` into `network` (the recipe's convnet), layer
+    by layer; a none head it carries (train/confidence.py) is left out."""
+    keras = import_keras()
+    try:
+        source = keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError) as error:
+        raise DataError(f"--init {path}: cannot load it ({error})") from None
+    theirs = [layer for layer in source.layers if layer.weights and layer.name != "none_head"]
+    ours = [layer for layer in network.layers if layer.weights]
+
+    def shapes(layers) -> list[tuple]:
+        return [tuple(weight.shape) for layer in layers for weight in layer.weights]
+
+    if shapes(theirs) != shapes(ours):
+        raise DataError(f"--init {path}: its network is not this recipe's (train it with the "
+                        "--recipe and classes it was trained with)")
+    for target, layer in zip(ours, theirs):
+        target.set_weights(layer.get_weights())
+    import numpy as np
+
+    probe = np.random.default_rng(0).integers(0, 256, (2, *network.input_shape[1:]), np.uint8)
+    columns = network.output_shape[-1]  # a none head's column, if any, follows the classes'
+    given = np.asarray(source(probe, training=False), np.float64)[:, :columns]
+    copied = np.asarray(network(probe, training=False), np.float64)
+    if not np.allclose(given, copied, atol=0.05):  # bfloat16 training rounds a little
+        raise DataError(f"--init {path}: its layers do not line up with this recipe's "
+                        f"network (outputs {given.ravel()} against {copied.ravel()})")
+    print(f"starting from the weights of {path}")
+
+
+def compare_on_field(out: Path, metrics: dict, config: dict, dataset, added) -> dict:
+    """Score the new model, and the --init one, on the test split and the held-out field
+    frames; the figures go into metrics.json under "field" and are printed."""
+    import numpy as np
+
+    from edgeconv.train.trainer import Batches
+
+    keras = import_keras()
+    new = keras.saving.load_model(out / "model.keras", compile=False)
+    models = {"new": new}
+    if config["init"]:
+        models["old"] = keras.saving.load_model(config["init"], compile=False)
+    columns = class_columns(len(dataset.classes))
+    splits = ["test"] + (["field"] if "field" in dataset.splits else [])
+    scores: dict[str, dict[str, float]] = {name: {} for name in models}
+    scores["new"]["test"] = round(metrics["test_accuracy"], 4)  # finish() scored it
+    for split in splits:
+        images, truth = load_split(dataset, split)
+        for name, model in models.items():
+            if split in scores[name]:
+                continue
+            outputs = np.asarray(model.predict(Batches(images), verbose=0), np.float64)
+            scores[name][split] = round(accuracy(truth, decide(outputs[:, :columns])), 4)
+    report = {**added.summary(), "accuracy": scores,
+              "photos": {split: len(dataset.splits[split]) for split in splits}}
+    metrics = {**metrics, "field": report}
+    write_json(out / "metrics.json", metrics)
+    for split in splits:
+        line = "  ".join(f"{name} {figures[split]:.4f}" for name, figures in scores.items())
+        print(f"{split} accuracy ({report['photos'][split]} photos, class guesses): {line}")
+    return metrics
 
 
 def predict_labels(model, images):

@@ -188,8 +188,9 @@ def oracle_route(method: str, target: str, authorized: bool) -> set[str]:
     routes = ROUTES.get(route, {})
     if not (method in routes or (method == "HEAD" and "GET" in routes)):
         return {"refusal"}
-    if (route != "/healthz" and not authorized) or route in ("/api/classify", "/stream.mjpg"):
-        return {"refusal"}  # no token, no body, no camera
+    if (route != "/healthz" and not authorized) or route in (
+            "/api/classify", "/stream.mjpg", "/api/field", "/api/field.tar"):
+        return {"refusal"}  # no token, no body, no camera, no --capture
     return {"answer"}
 
 
