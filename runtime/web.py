@@ -376,8 +376,13 @@ class Web:
         return json_response(200, answer)
 
     async def field_tar(self, request: Request) -> Response:
-        """The labelled frames as a tar (built in a temporary file, then streamed)."""
+        """The labelled frames as a tar (built in a temporary file, then streamed). HEAD
+        answers the headers only: a probe must not mark frames exported (they would be the
+        first dropped to make room, never downloaded)."""
         capture = self.capture()
+        if request.method == "HEAD":
+            return Response(b"", 200, {"Cache-Control": "no-store"},
+                            media_type="application/x-tar")
         spool = tempfile.TemporaryFile()  # noqa: SIM115  (closed when the stream ends)
         try:
             count = await asyncio.get_running_loop().run_in_executor(self.pool, capture.export,

@@ -128,6 +128,9 @@ def test_frames_are_labelled_through_the_api_and_exported_as_a_tar(capturing):
     assert post_label(capturing, frames[4], "cats", "text/plain")[0] == 415
     assert capturing.request("/api/field/../../etc/passwd")[0] == 404
 
+    assert capturing.request("/api/field.tar", method="HEAD")[0] == 200
+    _, probed = capturing.json("/api/field")
+    assert not any(frame["exported"] for frame in probed["frames"])  # a probe exports nothing
     status, headers, body = capturing.request("/api/field.tar")
     assert status == 200 and headers["Content-Type"] == "application/x-tar"
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
