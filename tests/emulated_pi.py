@@ -40,6 +40,9 @@ ARMV7_FLOAT_TOLERANCE = 5e-5
 # plus model's 30 layers that adds up to 37 raw output steps on the first 200 test photos (dog.1570:
 # 0.487 on armhf, 0.675 on x86, after the temperature; 24 steps from x86's tflite-runtime 2.14).
 ARMV7_INT8_STEPS = 40
+# A step's limit: at nice 15 beside a busy suite a step may wait long for a core (CI's own
+# 90 min bound the whole run).
+STEP_S = 3600
 GUEST_CLONE = "/root/edgeconv"  # where a Pi user would have cloned the repository
 VERSIONS = ("numpy", "pillow", "ai-edge-litert", "tflite-runtime", "onnxruntime", "uvicorn",
             "h11", "starlette", "python-multipart")
@@ -69,7 +72,7 @@ class EmulatedPi:
     def environment(self) -> dict:
         return {**os.environ, "EDGECONV_PI_CACHE": str(pi_cache()), "EDGECONV_PI_NAME": self.name}
 
-    def emulate(self, step: str, *args: str, timeout: float = 1800) -> str:
+    def emulate(self, step: str, *args: str, timeout: float = STEP_S) -> str:
         started = time.monotonic()
         result = subprocess.run(["bash", str(EMULATE), *args], capture_output=True, text=True,
                                 timeout=timeout, env=self.environment())
@@ -81,7 +84,7 @@ class EmulatedPi:
     def fresh(self) -> EmulatedPi:
         """A clean root filesystem: debootstrapped, or unpacked from the cache."""
         self.emulate("clean", "clean", self.arch)
-        self.emulate("build", "build", self.arch, timeout=3600)
+        self.emulate("build", "build", self.arch, timeout=2 * STEP_S)
         self.root = Path(self.emulate("path", "path", self.arch).strip())
         return self
 
@@ -199,7 +202,7 @@ def fleet_rollout(work: Path, port: int, model: Path) -> subprocess.CompletedPro
     playbook = REPO / "devices" / "fleet" / "rollout.yml"
     return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i",
                            str(inventory), str(playbook), "-e", f"model={model}"],
-                          capture_output=True, text=True, cwd=REPO, timeout=1800,
+                          capture_output=True, text=True, cwd=REPO, timeout=STEP_S,
                           env={**os.environ, "ANSIBLE_NOCOLOR": "1",
                                "ANSIBLE_HOME": str(work / "ansible")})
 
@@ -221,7 +224,7 @@ def deploy_twice(models: list[Path], work: Path) -> tuple[EmulatedPi, list[bytes
             result = run_script("devices/deploy.py", "--host", "pi@127.0.0.1", "--port", port,
                                 "--identity", work / "client_key", "--known-hosts",
                                 work / "known_hosts", "--model", model, "--timeout", "60",
-                                timeout=1800)  # --profile auto: detected on the device
+                                timeout=STEP_S)  # --profile auto: detected on the device
             if result.returncode != 0:
                 step_failed("arm64", f"deploy.py --model {model.name}", result)
             assert "self-test passed: cats (expected cats)" in result.stdout, result.stdout

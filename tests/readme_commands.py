@@ -48,7 +48,7 @@ def copy_working_tree(clone: Path) -> None:
 def run_blocks(clone: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     script = "\n".join(bash_blocks((clone / "README.md").read_text())).replace(TRAINING, SHORT)
     return subprocess.run(["bash", "-e", "-x", "-c", script], cwd=clone, env=env,
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=3600)  # at nice 15
 
 
 @pytest.fixture(scope="session")
