@@ -1,15 +1,22 @@
 #!/usr/bin/env python
-"""Training throughput: edgeconv's pipeline against the book's ImageDataGenerator.
+"""Training throughput: edgeconv's pipeline against the book's ImageDataGenerator, or what
+each choice costs a plus run.
 
   python benchmarks/train.py [--data DIR] [--steps 30] [--repeats 5] [--json FILE]
+  python benchmarks/train.py --recipe plus [--sizes 150,128,112,96] [--precisions float32]
+                             [--profile] [--steps 10] [--repeats 3]
 
-Trains the augmented recipe's model (same layers, same batch of 32) for a few short epochs
-per pipeline, side by side in one process, and prints the median images per second of each
-and its ratio to the generator:
+The first trains the augmented recipe's model (same layers, same batch of 32) for a few short
+epochs per pipeline, side by side in one process, and prints the median images per second of
+each and its ratio to the generator:
   generator  the book: ImageDataGenerator + flow_from_directory, decoding JPEGs every epoch
   edgeconv   uint8 arrays decoded once, augmentation as one Keras layer in the model
 in float32 and in mixed bfloat16. Rounds run one epoch of each pipeline in turn; the first
 round (tracing, warm-up) is not counted.
+
+--recipe plus times the plus recipe's model instead: at each input size and precision, and
+without augmentation (what it costs), with the minutes of a whole plus run at each and of
+the progressive-resizing schedules; --profile adds each layer's forward and backward time.
 """
 
 from __future__ import annotations
@@ -105,13 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (one epoch of "
                         "each pipeline per round)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    plus = parser.add_argument_group("the plus recipe (--recipe plus)")
+    plus.add_argument("--recipe", choices=["augmented", "plus"], default="augmented",
+                      help="augmented (default): the pipelines against the book's generator; "
+                      "plus: the plus recipe's choices")
+    plus.add_argument("--sizes", default="150,128,112,96", type=sizes_list,
+                      help="input sizes to time, largest first (default: 150,128,112,96)")
+    plus.add_argument("--precisions", default="float32", type=precisions_list,
+                      help="float32, bfloat16 or both, comma-separated (default: float32)")
+    plus.add_argument("--profile", action="store_true",
+                      help="also time each layer's forward and backward pass (TensorFlow)")
     args = parser.parse_args(argv)
     try:
         data = resolve_data(args.data)
-        arrays = load_split(find_dataset(data, splits=("train",)), "train")
+        arrays = None if args.recipe == "plus" else load_split(
+            find_dataset(data, splits=("train",)), "train")
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.recipe == "plus":
+        return plus_main(args, data)
     rows = measure(pipelines(data, arrays, args.steps), args.steps, args.repeats)
     base = rows[0]["images_per_second"]
     env = environment()
@@ -127,6 +147,48 @@ def main(argv: list[str] | None = None) -> int:
         left=2))
     if args.json:
         write_json(args.json, {"rows": rows, **env})
+    return 0
+
+
+def sizes_list(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected sizes such as 150,112") from None
+    if not sizes or min(sizes) < 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes are at least 32 pixels")
+    return sizes
+
+
+def precisions_list(text: str) -> list[str]:
+    precisions = text.split(",")
+    if not set(precisions) <= {"float32", "bfloat16"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected float32, bfloat16 or both")
+    return precisions
+
+
+def plus_main(args: argparse.Namespace, data: Path) -> int:
+    from edgeconv.benchmarks import train_plus
+
+    dataset = find_dataset(data, splits=("train",))
+    recipe = RECIPES["plus"]
+    rows = train_plus.measure(dataset, train_plus.choices(args.sizes, args.precisions),
+                              args.steps, args.repeats, recipe.batch_size)
+    images = sum(dataset.counts("train"))
+    schedules = train_plus.schedule_minutes(rows, images, recipe.epochs)
+    layers = None
+    if args.profile and keras.backend.backend() == "tensorflow":
+        layers = train_plus.profile(len(dataset.classes), recipe.batch_size, args.repeats)
+    elif args.profile:
+        print("--profile needs the tensorflow backend; left out", file=sys.stderr)
+    env = environment()
+    print("\n" + train_plus.report(rows, schedules, layers, (
+        f"plus recipe training throughput, batch {recipe.batch_size}, {images} training "
+        f"images, {recipe.epochs} epochs a run, {env['backend']} "
+        f"{env.get('backend_version', '')} on {env['cpu']} ({env['cores']} cores), median of "
+        f"{args.repeats} interleaved rounds of {args.steps} steps")))
+    if args.json:
+        write_json(args.json, {"rows": rows, "schedules": schedules, "layers": layers, **env})
     return 0
 
 

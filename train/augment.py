@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -131,3 +132,48 @@ class RandomErasing(keras.layers.Layer):
 
     def get_config(self):
         return super().get_config() | {"rate": self.rate, "seed": self.seed}
+
+
+def mix_batch(images: np.ndarray, labels: np.ndarray, num_classes: int, mixup: float,
+              cutmix: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """MixUp (Zhang et al., 2018) or CutMix (Yun et al., 2019) of a batch with a shuffled copy
+    of itself, one mixing ratio per batch; with both on, each batch takes one of the two.
+
+    Returns the images (float32 for MixUp, uint8 for CutMix) and soft targets: the share of
+    class 1 for two classes (a sigmoid's target), else one row of class shares per image.
+    """
+    if num_classes == 2:
+        targets = labels.astype(np.float32).reshape(-1)
+    else:
+        targets = np.eye(num_classes, dtype=np.float32)[labels.astype(np.int64).reshape(-1)]
+    partner = rng.permutation(len(images))
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    share = float(rng.beta(alpha, alpha))  # of the image's own content
+    if use_cutmix:
+        height, width = images.shape[1:3]
+        cut_h, cut_w = height * math.sqrt(1 - share), width * math.sqrt(1 - share)
+        centre_y, centre_x = rng.uniform(0, height), rng.uniform(0, width)
+        top, bottom = (int(np.clip(round(centre_y + d * cut_h / 2), 0, height)) for d in (-1, 1))
+        left, right = (int(np.clip(round(centre_x + d * cut_w / 2), 0, width)) for d in (-1, 1))
+        mixed = images.copy()
+        mixed[:, top:bottom, left:right] = images[partner, top:bottom, left:right]
+        share = 1 - (bottom - top) * (right - left) / (height * width)  # the box as it fell
+    else:
+        mixed = share * images.astype(np.float32) + (1 - share) * images[partner].astype(
+            np.float32)
+    return mixed, share * targets + (1 - share) * targets[partner]
+
+
+@keras.saving.register_keras_serializable(package="edgeconv")
+def label_accuracy(y_true, y_pred):
+    """Accuracy against each target's largest class share: plain labels or mixed ones."""
+    if y_pred.shape[-1] == 1:  # a sigmoid: the target is the share of class 1
+        truth = ops.reshape(ops.cast(y_true, "float32"), (-1,)) > 0.5
+        return ops.cast(ops.equal(truth, ops.reshape(y_pred, (-1,)) > 0.5), "float32")
+    if len(y_true.shape) == 2 and y_true.shape[-1] == y_pred.shape[-1]:
+        truth = ops.argmax(y_true, axis=-1)
+    else:
+        truth = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+    return ops.cast(ops.equal(ops.cast(truth, "int32"),
+                              ops.cast(ops.argmax(y_pred, axis=-1), "int32")), "float32")

@@ -26,6 +26,12 @@ class Recipe:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     erasing: float = 0.0  # probability of random erasing per training image
+    # Progressive resizing: [[size, share of the epochs], ...] in order, e.g. [[112, 0.75],
+    # [150, 0.25]]; None trains every epoch at the input size. Validation and the saved model
+    # stay at the input size.
+    sizes: list | None = None
+    mixup: float = 0.0  # MixUp's Beta(a, a) parameter a; 0 is off
+    cutmix: float = 0.0  # CutMix's a; with mixup too, each batch takes one of the two
     summary: str = field(default="", compare=False)
 
     def steps_per_epoch(self, train_images: int, batch_size: int | None = None) -> int:
@@ -93,4 +99,42 @@ def with_settings(recipe: Recipe, settings: dict) -> Recipe:
             raise ValueError(f"{shown}: optimizer is one of {', '.join(OPTIMIZERS)}")
         if key == "architecture" and value not in ARCHITECTURE_NAMES:
             raise ValueError(f"{shown}: architecture is one of {', '.join(ARCHITECTURE_NAMES)}")
-    return replace(recipe, **settings)
+        if key == "sizes" and value is not None:
+            check_sizes(value, shown)
+        if key in ("mixup", "cutmix", "erasing", "label_smoothing", "dropout") and value < 0:
+            raise ValueError(f"{shown}: {key} cannot be negative")
+    changed = replace(recipe, **settings)
+    if changed.sizes and changed.architecture == "seed":
+        raise ValueError("--set sizes: the seed convnet (Flatten + Dense) takes one input size "
+                         "only; progressive resizing needs a plus architecture")
+    return changed
+
+
+def check_sizes(sizes, shown: str) -> None:
+    """Raise ValueError unless `sizes` is [[size, share], ...] with shares summing to 1."""
+    example = "[[112, 0.75], [150, 0.25]]"
+    if not isinstance(sizes, list) or not sizes or not all(
+            isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], int)
+            and isinstance(pair[1], (int, float)) and pair[0] >= 32 and pair[1] > 0
+            for pair in sizes):
+        raise ValueError(f"{shown}: sizes takes [[size, share of the epochs], ...] with sizes "
+                         f"of at least 32 pixels, e.g. {example}")
+    if abs(sum(pair[1] for pair in sizes) - 1) > 1e-6:
+        raise ValueError(f"{shown}: the shares of the epochs add up to "
+                         f"{sum(pair[1] for pair in sizes):g}, not 1, e.g. {example}")
+
+
+def size_phases(sizes: list | None, epochs: int, full: int) -> list[tuple[int, int]]:
+    """[(last epoch, size), ...]: the epochs 1..epochs split by `sizes`' shares (every phase
+    at least one epoch while epochs allow), or one phase at `full`."""
+    if not sizes:
+        return [(epochs, full)]
+    phases, done, share = [], 0, 0.0
+    for index, (size, part) in enumerate(sizes):
+        share += part
+        left = len(sizes) - index - 1
+        end = epochs if not left else min(max(round(share * epochs), done + 1), epochs - left)
+        if end > done:
+            phases.append((end, size))
+            done = end
+    return phases

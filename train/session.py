@@ -71,6 +71,11 @@ def train(options: Options) -> int:
               f"split, {sum(map(len, added.heldout.values()))} held out (the field split), "
               f"{added.none} labelled none not used")
     train_set, validation_set = load_split(dataset, "train"), load_split(dataset, "validation")
+
+    def train_at(size: int):  # progressive resizing's smaller copies are cached like it
+        full = train_set[0].shape[1]
+        return train_set if size == full else load_split(dataset, "train", (size, size))
+
     options.out.mkdir(parents=True, exist_ok=True)  # only once the photos are known good
     steps = recipe.steps_per_epoch(len(train_set[0]), config["batch_size"])
     with devices.scope():
@@ -93,7 +98,7 @@ def train(options: Options) -> int:
         1 if sys.stdout.isatty() else 2)
     try:
         with devices.scope():
-            trainer.fit(options.out, model, state, train_set, validation_set, recipe,
+            trainer.fit(options.out, model, state, train_at, validation_set, recipe,
                         config["epochs"], config["batch_size"], config["seed"],
                         verbose=verbose, devices=devices.count, part=devices.part)
     except KeyboardInterrupt:

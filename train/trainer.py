@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -11,9 +13,9 @@ from keras import ops
 
 from edgeconv.common.files import atomic_path, write_json
 from edgeconv.runtime.text import plural
-from edgeconv.train.augment import RandomAffine, RandomErasing
-from edgeconv.train.model import ARCHITECTURES
-from edgeconv.train.recipes import Recipe
+from edgeconv.train.augment import RandomAffine, RandomErasing, label_accuracy, mix_batch
+from edgeconv.train.model import ARCHITECTURES, FusedBatchNormalization
+from edgeconv.train.recipes import Recipe, size_phases
 
 STATE_FILE = "state.json"
 
@@ -28,10 +30,12 @@ class BatchStream(keras.utils.PyDataset):
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, steps: int, seed: int,
-                 start_epoch: int = 0, part: tuple[int, int] = (0, 1)):
+                 start_epoch: int = 0, part: tuple[int, int] = (0, 1),
+                 mixing: tuple[int, float, float] | None = None):
         super().__init__()
         self.x, self.y, self.batch_size, self.steps, self.seed = x, y, batch_size, steps, seed
         self.epoch, self.part = start_epoch, part
+        self.mixing = mixing  # (classes, mixup, cutmix): MixUp/CutMix each batch (mix_batch)
         self._permutations: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -43,7 +47,10 @@ class BatchStream(keras.utils.PyDataset):
         positions = np.arange(start, start + local)
         passes, offsets = np.divmod(positions, len(self.x))
         chosen = np.array([self._permutation(p)[o] for p, o in zip(passes, offsets)])
-        return self.x[chosen], self.y[chosen]
+        if self.mixing is None:
+            return self.x[chosen], self.y[chosen]
+        rng = np.random.default_rng([self.seed, self.epoch, index, self.part[0], 1])
+        return mix_batch(self.x[chosen], self.y[chosen], *self.mixing, rng)
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
@@ -147,15 +154,19 @@ class Estimate(keras.callbacks.Callback):
     """Before a long run goes on: how long it will take, timed on its first steps.
 
     The first step is left out (it builds and compiles the model); validation is counted as
-    a third of a training step per batch of photos: a forward pass against forward and back.
+    a third of a training step per batch of photos (a forward pass against forward and back),
+    times `validation_cost`, its photos' pixels over the training photos'. With progressive
+    resizing, `work` counts the epochs left in epochs of this size (by their pixels).
     """
 
     TIMED_STEPS = 5
 
-    def __init__(self, steps: int, epochs: int, batch_size: int, validation_images: int):
+    def __init__(self, steps: int, epochs: int, batch_size: int, validation_images: int,
+                 work: float | None = None, validation_cost: float = 1.0):
         super().__init__()
         self.steps, self.epochs, self.batch_size = steps, epochs, batch_size
-        self.validation_images = validation_images
+        self.work = epochs if work is None else work
+        self.validation_images = validation_images * validation_cost
         self.last = min(self.TIMED_STEPS, steps - 1)  # a one-step epoch is never long
         self.started, self.done = 0.0, False
 
@@ -166,9 +177,11 @@ class Estimate(keras.callbacks.Callback):
             self.started = time.monotonic()
         elif batch == self.last:
             per_step = (time.monotonic() - self.started) / batch
-            epoch = self.steps * per_step + self.validation_images / self.batch_size / 3 * per_step
-            print(f"\nexpected: about {duration(self.epochs * epoch)} for "
-                  f"{plural(self.epochs, 'epoch')}, {duration(epoch)} each "
+            epoch = self.steps * per_step
+            validation = self.validation_images / self.batch_size / 3 * per_step
+            total = self.work * epoch + self.epochs * validation
+            print(f"\nexpected: about {duration(total)} for {plural(self.epochs, 'epoch')}, "
+                  f"{duration(epoch + validation)} each at this size "
                   f"({self.batch_size / per_step:.0f} images/s); Ctrl-C keeps every whole "
                   "epoch, and --resume --epochs N then ends the run early with its best one",
                   flush=True)
@@ -184,18 +197,21 @@ def duration(seconds: float) -> str:
 
 @keras.saving.register_keras_serializable(package="edgeconv")
 class SparseCrossentropy(keras.losses.Loss):
-    """Categorical cross-entropy from integer labels, with label smoothing (which Keras's
-    SparseCategoricalCrossentropy lacks)."""
+    """Categorical cross-entropy from integer labels (or rows of class shares), with label
+    smoothing (which Keras's SparseCategoricalCrossentropy lacks)."""
 
     def __init__(self, label_smoothing: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.label_smoothing = label_smoothing
 
     def call(self, y_true, y_pred):
-        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
-        one_hot = ops.one_hot(labels, ops.shape(y_pred)[-1])
+        if len(y_true.shape) == 2 and y_true.shape[-1] == y_pred.shape[-1]:
+            targets = ops.cast(y_true, y_pred.dtype)  # class shares (MixUp, CutMix)
+        else:
+            labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+            targets = ops.one_hot(labels, ops.shape(y_pred)[-1])
         return keras.losses.categorical_crossentropy(
-            one_hot, y_pred, label_smoothing=self.label_smoothing)
+            targets, y_pred, label_smoothing=self.label_smoothing)
 
     def get_config(self):
         return super().get_config() | {"label_smoothing": self.label_smoothing}
@@ -215,15 +231,22 @@ class AdamW(keras.optimizers.AdamW):
 
 def new_training_model(recipe: Recipe, num_classes: int, precision: str, seed: int,
                        input_shape: tuple[int, int, int], steps_per_epoch: int,
-                       epochs: int) -> keras.Model:
-    """The model to fit: [augmentation] + the recipe's convnet, compiled with its optimizer."""
+                       epochs: int, fused_norm: bool = True) -> keras.Model:
+    """The model to fit: [augmentation] + the recipe's convnet, compiled with its optimizer.
+
+    With progressive resizing (recipe.sizes) it takes any height and width. fused_norm=False
+    keeps Keras's own BatchNormalization in training (to compare their speed)."""
     dtype = "mixed_bfloat16" if precision == "bfloat16" else "float32"
+    if recipe.sizes:
+        input_shape = (None, None, input_shape[-1])
     layers = [keras.Input(shape=input_shape)]
     if recipe.augment is not None:
         layers.append(RandomAffine(**recipe.augment, seed=seed, name="augment"))
     if recipe.erasing:
         layers.append(RandomErasing(recipe.erasing, seed=seed + 1, name="erase"))
     build = ARCHITECTURES[recipe.architecture]
+    if fused_norm and recipe.architecture != "seed":  # plus networks: the faster kernel
+        build = functools.partial(build, norm=FusedBatchNormalization)
     layers.append(build(num_classes, recipe.dropout, input_shape, dtype=dtype))
     model = keras.Sequential(layers, name=f"train_{recipe.name}")
     if num_classes == 2:
@@ -233,7 +256,11 @@ def new_training_model(recipe: Recipe, num_classes: int, precision: str, seed: i
     optimizer = new_optimizer(recipe, steps_per_epoch, epochs)
     # Weighted, so that the zero-weight padding of a multi-device validation batch (Batches)
     # does not count; without weights it is the plain accuracy.
-    model.compile(optimizer=optimizer, loss=loss, weighted_metrics=["accuracy"])
+    # Mixed targets are shares, which Keras's accuracy compares for equality.
+    mixed = recipe.mixup > 0 or recipe.cutmix > 0
+    metric = keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy") if mixed \
+        else "accuracy"
+    model.compile(optimizer=optimizer, loss=loss, weighted_metrics=[metric])
     return model
 
 
@@ -252,30 +279,53 @@ def new_optimizer(recipe: Recipe, steps_per_epoch: int,
     return AdamW(learning_rate=schedule, weight_decay=recipe.weight_decay)
 
 
-def fit(run_dir: Path, model: keras.Model, state: dict, train: tuple[np.ndarray, np.ndarray],
+def fit(run_dir: Path, model: keras.Model, state: dict,
+        train_at: Callable[[int], tuple[np.ndarray, np.ndarray]],
         validation: tuple[np.ndarray, np.ndarray], recipe: Recipe, epochs: int,
         batch_size: int, seed: int, verbose: int | str = "auto", devices: int = 1,
         part: tuple[int, int] = (0, 1)) -> None:
     """Train from state["epoch"] to `epochs`, checkpointing each epoch into run_dir.
 
-    With several devices, call it inside their scope (train.distribute); with several
-    processes, each passes its `part` (index, count) and feeds its slice of every batch.
+    train_at(size) gives the training split at size x size; the recipe's progressive resizing
+    (recipe.sizes) trains one phase per size, validation stays at its own size. With several
+    devices, call it inside their scope (train.distribute); with several processes, each passes
+    its `part` (index, count) and feeds its slice of every batch.
     """
-    x, y = train
-    steps = recipe.steps_per_epoch(len(x), batch_size)
-    stream = BatchStream(x, y, batch_size, steps, seed, start_epoch=state["epoch"], part=part)
-    model.fit(
-        stream,
-        epochs=epochs,
-        initial_epoch=state["epoch"],
-        # The stream is shuffled already; Keras's own shuffle of the batch order would draw
-        # from Python's global random state, which a multi-device start draws from too.
-        shuffle=False,
-        validation_data=Batches(*validation, batch_size=64, multiple=devices, part=part),
-        callbacks=[Checkpointer(run_dir, state),
-                   Estimate(steps, epochs - state["epoch"], batch_size, len(validation[0]))],
-        verbose=verbose,
-    )
+    full = validation[0].shape[1]
+    phases = size_phases(recipe.sizes, epochs, full)
+    mixing, outputs = None, model.output_shape[-1]
+    if recipe.mixup > 0 or recipe.cutmix > 0:
+        mixing = (2 if outputs == 1 else outputs, recipe.mixup, recipe.cutmix)
+    validation_batches = Batches(*validation, batch_size=64, multiple=devices, part=part)
+    start = 0
+    for end, size in phases:
+        if state["epoch"] < end:
+            x, y = train_at(size)
+            steps = recipe.steps_per_epoch(len(x), batch_size)
+            # The time estimate counts the later phases' epochs by their pixels.
+            left = [(last - max(first, state["epoch"]), later) for first, (last, later)
+                    in zip([0] + [last for last, _ in phases], phases) if last > state["epoch"]]
+            work = sum(count * (later / size) ** 2 for count, later in left)
+            if len(phases) > 1:
+                first = max(start, state["epoch"]) + 1
+                span = f"epochs {first}-{end}" if end > first else f"epoch {end}"
+                print(f"{span} at {size}x{size}", flush=True)
+            stream = BatchStream(x, y, batch_size, steps, seed, start_epoch=state["epoch"],
+                                 part=part, mixing=mixing)
+            model.fit(
+                stream,
+                epochs=end,
+                initial_epoch=state["epoch"],
+                # The stream is shuffled already; Keras's own shuffle of the batch order would
+                # draw from Python's global random state, which a multi-device start draws from.
+                shuffle=False,
+                validation_data=validation_batches,
+                callbacks=[Checkpointer(run_dir, state),
+                           Estimate(steps, epochs - state["epoch"], batch_size,
+                                    len(validation[0]), work, (full / size) ** 2)],
+                verbose=verbose,
+            )
+        start = end
 
 
 def inference_model(trained: keras.Model, recipe: Recipe, num_classes: int,

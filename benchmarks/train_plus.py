@@ -1,0 +1,162 @@
+"""Where a plus run's time goes, and what each training choice saves: `benchmarks/train.py
+--recipe plus`.
+
+Rows train the plus recipe's model on the real training split, one short epoch per row per
+round, rounds interleaved (the machine is shared: drifts fall on every row alike); the first
+round (tracing, warm-up) is not counted. Each row's images/s gives the minutes of a whole plus
+run at that choice, and the schedules' minutes follow from the rows of their sizes.
+`--profile` also times each layer's forward and backward pass at 150x150 (TensorFlow only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import time
+
+import keras
+import numpy as np
+
+from edgeconv.runtime.tables import markdown_table
+from edgeconv.train.dataset import Dataset, load_split
+from edgeconv.train.recipes import RECIPES, Recipe, size_phases
+from edgeconv.train.trainer import BatchStream, new_training_model
+
+# Schedules whose minutes are worked out from the measured rows: name -> recipe.sizes.
+SCHEDULES = {
+    "every epoch at 150": None,
+    "3/4 at 112, then 150": [[112, 0.75], [150, 0.25]],
+    "1/2 at 96, 3/10 at 128, then 150": [[96, 0.5], [128, 0.3], [150, 0.2]],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    name: str
+    size: int = 150
+    precision: str = "float32"
+    augment: bool = True  # the recipe's augmentation and erasing layers
+    fused_norm: bool = True  # BatchNorm's fused kernel in training (train.model)
+
+    def recipe(self) -> Recipe:
+        plus = RECIPES["plus"]
+        return plus if self.augment else dataclasses.replace(plus, augment=None, erasing=0.0)
+
+
+def choices(sizes: list[int], precisions: list[str]) -> list[Choice]:
+    rows = [Choice(f"{precision} at {size}", size, precision)
+            for precision in precisions for size in sizes]
+    first = sizes[0], precisions[0]
+    rows[1:1] = [Choice(f"{first[1]} at {first[0]}, Keras's BatchNorm", *first, fused_norm=False),
+                 Choice(f"{first[1]} at {first[0]}, no augmentation", *first, augment=False)]
+    return rows
+
+
+def measure(dataset: Dataset, rows: list[Choice], steps: int, repeats: int,
+            batch: int) -> list[dict]:
+    """Median images/s of each row, one epoch of `steps` batches per row per round."""
+    built = []
+    for row in rows:
+        x, y = load_split(dataset, "train", (row.size, row.size))
+        model = new_training_model(row.recipe(), len(dataset.classes), row.precision, seed=0,
+                                   input_shape=(row.size, row.size, 3),
+                                   steps_per_epoch=steps, epochs=1,
+                                   fused_norm=row.fused_norm)
+        built.append((row, model, BatchStream(x, y, batch, steps, seed=0), len(x)))
+    rates: list[list[float]] = [[] for _ in rows]
+    for round_number in range(repeats + 1):
+        for index, (_, model, stream, _) in enumerate(built):
+            started = time.perf_counter()
+            model.fit(stream, steps_per_epoch=steps, epochs=1, verbose=0)
+            if round_number:
+                rates[index].append(steps * batch / (time.perf_counter() - started))
+        print(f"round {round_number}/{repeats} done", file=sys.stderr, flush=True)
+    epochs = RECIPES["plus"].epochs
+    return [{"choice": row.name, "size": row.size, "precision": row.precision,
+             "augment": row.augment, "fused_norm": row.fused_norm,
+             "images_per_second": statistics.median(values), "min": min(values),
+             "max": max(values), "samples": values,
+             "minutes_per_run": epochs * images / statistics.median(values) / 60}
+            for (row, _, _, images), values in zip(built, rates)]
+
+
+def schedule_minutes(rows: list[dict], images: int, epochs: int) -> list[dict]:
+    """Minutes of a run of `epochs` for each schedule whose sizes were all measured (float32,
+    augmented), validation left out."""
+    rate = {row["size"]: row["images_per_second"] for row in rows
+            if row["precision"] == "float32" and row["augment"] and row["fused_norm"]}
+    result = []
+    for name, sizes in SCHEDULES.items():
+        phases = size_phases(sizes, epochs, 150)
+        if all(size in rate for _, size in phases):
+            starts = [0] + [end for end, _ in phases]
+            seconds = sum((end - start) * images / rate[size]
+                          for start, (end, size) in zip(starts, phases))
+            result.append({"schedule": name, "sizes": sizes, "epochs": epochs,
+                           "minutes": seconds / 60})
+    return result
+
+
+def profile(classes: int, batch: int, repeats: int) -> list[dict]:
+    """Forward + backward milliseconds of each layer of the plus network as it trains, at
+    150x150, on the inputs it really gets; grouped by kind and resolution."""
+    import tensorflow as tf
+
+    from edgeconv.train.model import FusedBatchNormalization, build_plus_model
+
+    network = build_plus_model(classes, 0.3, (150, 150, 3), norm=FusedBatchNormalization)
+    images = np.random.default_rng(0).integers(0, 256, (batch, 150, 150, 3)).astype("float32")
+    every = keras.Model(network.inputs, [layer.output for layer in network.layers[1:]])
+    values = {id(network.layers[0].output): tf.constant(images)}
+    for layer, value in zip(network.layers[1:], every(images, training=True)):
+        values[id(layer.output)] = value
+    groups: dict[tuple[str, int], float] = {}
+    for layer in network.layers[1:]:
+        given = layer.input if isinstance(layer.input, list) else [layer.input]
+        inputs = [values[id(tensor)] for tensor in given]
+
+        @tf.function
+        def step(inputs, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                output = layer(inputs if len(inputs) > 1 else inputs[0], training=True)
+                loss = tf.reduce_sum(tf.cast(output, "float32"))
+            return tape.gradient(loss, [*inputs, *layer.trainable_weights])
+
+        step(inputs)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            step(inputs)
+            times.append(time.perf_counter() - started)
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            kind += " 1x1 shortcut" if layer.kernel_size == (1, 1) else " stem"
+        key = (kind, int(inputs[0].shape[1]) if len(inputs[0].shape) == 4 else 0)
+        groups[key] = groups.get(key, 0.0) + 1000 * statistics.median(times)
+    total = sum(groups.values())
+    return [{"layer": kind, "input": size, "ms": ms, "share": ms / total}
+            for (kind, size), ms in sorted(groups.items(), key=lambda item: -item[1])]
+
+
+def report(rows: list[dict], schedules: list[dict], layers: list[dict] | None,
+           heading: str) -> str:
+    base = rows[0]["images_per_second"]
+    lines = [heading, "", markdown_table(
+        ["choice", "images/s (median)", "min", "max", "vs first row", "minutes per plus run"],
+        [[row["choice"], f"{row['images_per_second']:.1f}", f"{row['min']:.1f}",
+          f"{row['max']:.1f}", f"{row['images_per_second'] / base:.2f}x",
+          f"{row['minutes_per_run']:.0f}"] for row in rows])]
+    if schedules:
+        lines += ["", markdown_table(
+            ["progressive resizing (float32)", "epochs", "minutes of training"],
+            [[s["schedule"], s["epochs"], f"{s['minutes']:.0f}"] for s in schedules])]
+    if layers:
+        lines += ["", "forward + backward of each layer at 150x150, batch of the recipe:", "",
+                  markdown_table(["layer", "input", "ms per batch", "share"],
+                                 [[row["layer"], f"{row['input']}x{row['input']}"
+                                   if row["input"] else "vector",
+                                   f"{row['ms']:.1f}", f"{100 * row['share']:.0f}%"]
+                                  for row in layers], left=2)]
+    return "\n".join(lines)
