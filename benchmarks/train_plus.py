@@ -105,7 +105,8 @@ def profile(classes: int, batch: int, repeats: int) -> list[dict]:
 
     from edgeconv.train.model import FusedBatchNormalization, build_plus_model
 
-    network = build_plus_model(classes, 0.3, (150, 150, 3), norm=FusedBatchNormalization)
+    network = build_plus_model(classes, 0.3, (150, 150, 3),
+                               norm_layer=FusedBatchNormalization)
     images = np.random.default_rng(0).integers(0, 256, (batch, 150, 150, 3)).astype("float32")
     every = keras.Model(network.inputs, [layer.output for layer in network.layers[1:]])
     values = {id(network.layers[0].output): tf.constant(images)}

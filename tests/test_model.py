@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 
 from edgeconv.export.batchnorm import standalone_batchnorms
-from edgeconv.train.augment import RandomAffine, RandomErasing
-from edgeconv.train.model import ARCHITECTURES, build_model, build_plus_model, count_macs
+from edgeconv.train.augment import RandomAffine, RandomErasing, label_accuracy, mix_batch
+from edgeconv.train.model import (
+    ARCHITECTURES,
+    FusedBatchNormalization,
+    build_model,
+    build_plus_model,
+    count_macs,
+)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
@@ -150,3 +156,59 @@ def test_narrow_variants_narrow_the_first_stage_only(name, first_width, macs_at_
     assert widths[0][:2] == [64, 64] and widths[1][:2] == [first_width, first_width]
     assert widths[0][2:] == widths[1][2:]
     assert count_macs(narrow) < macs_at_most * count_macs(plus)
+
+
+def test_fused_batchnorm_trains_like_keras_and_infers_with_its_weights():
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).normal(2, 3, (4, 9, 9, 5)).astype("float32")
+    keras_norm = keras.layers.BatchNormalization(momentum=0.9)
+    fused = FusedBatchNormalization(momentum=0.9)
+    for layer in (keras_norm, fused):
+        layer.build(x.shape)
+    fused.set_weights([w * 1.5 + 0.1 for w in keras_norm.get_weights()])
+    keras_norm.set_weights(fused.get_weights())
+    results = []
+    for layer in (keras_norm, fused):
+        inputs = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            y = layer(inputs, training=True)
+            loss = tf.reduce_sum(y ** 3)
+        gradients = tape.gradient(loss, [inputs, *layer.trainable_weights])
+        results.append((y, gradients, layer.get_weights(), layer(x, training=False)))
+    (y, gradients, weights, inferred), (fused_y, fused_gradients, fused_weights,
+                                        fused_inferred) = results
+    np.testing.assert_allclose(fused_y, y, atol=1e-5)
+    for ours, theirs in zip(fused_gradients, gradients):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-3)
+    for ours, theirs in zip(fused_weights, weights):  # the moving statistics moved alike
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(weights[2], 0.0)
+    np.testing.assert_allclose(fused_inferred, inferred, atol=1e-5)
+
+
+def test_mixup_and_cutmix_give_targets_in_the_shares_of_the_pixels():
+    rng = np.random.default_rng(1)
+    images = np.zeros((6, 20, 20, 3), np.uint8)
+    images[::2] = 255  # class 1 white, class 0 black
+    labels = np.array([1, 0, 1, 0, 1, 0])
+    mixed, targets = mix_batch(images, labels, 2, mixup=0.0, cutmix=1.0, rng=rng)
+    assert mixed.dtype == np.uint8 and targets.shape == (6,)
+    np.testing.assert_allclose(targets, (mixed == 255).mean(axis=(1, 2, 3)), atol=1e-6)
+    assert np.abs(targets - labels).max() > 0
+    mixed, targets = mix_batch(images, labels, 2, mixup=0.4, cutmix=0.0, rng=rng)
+    assert mixed.dtype == np.float32
+    np.testing.assert_allclose(targets, mixed.mean(axis=(1, 2, 3)) / 255, atol=1e-5)
+    shares = mix_batch(images, labels, 3, mixup=1.0, cutmix=1.0, rng=rng)[1]
+    assert shares.shape == (6, 3) and np.allclose(shares.sum(axis=1), 1) and shares[:, 2].max() == 0
+
+
+def test_label_accuracy_reads_plain_and_mixed_targets():
+    sigmoid = np.array([[0.9], [0.2], [0.6]], np.float32)
+    assert list(np.asarray(label_accuracy(np.array([0.7, 0.4, 0.1]), sigmoid))) == [1, 1, 0]
+    assert list(np.asarray(label_accuracy(np.array([1, 0, 0], np.int32), sigmoid))) == [1, 1, 0]
+    softmax = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]], np.float32)
+    assert list(np.asarray(label_accuracy(np.array([1, 2]), softmax))) == [1, 0]
+    shares = np.array([[0.2, 0.8, 0.0], [0.6, 0.0, 0.4]], np.float32)
+    assert list(np.asarray(label_accuracy(shares, softmax))) == [1, 1]

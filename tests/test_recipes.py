@@ -5,8 +5,20 @@ import numpy as np
 import pytest
 
 from edgeconv.train.model import ARCHITECTURES
-from edgeconv.train.recipes import ARCHITECTURE_NAMES, RECIPES, parse_settings, with_settings
-from edgeconv.train.trainer import AdamW, SparseCrossentropy, new_optimizer, new_training_model
+from edgeconv.train.recipes import (
+    ARCHITECTURE_NAMES,
+    RECIPES,
+    parse_settings,
+    size_phases,
+    with_settings,
+)
+from edgeconv.train.trainer import (
+    AdamW,
+    SparseCrossentropy,
+    inference_model,
+    new_optimizer,
+    new_training_model,
+)
 
 
 def test_seed_recipes_are_the_books():
@@ -74,3 +86,49 @@ def test_settings_change_one_field_and_are_reported():
     with pytest.raises(ValueError, match="architecture is one of seed, plus, plus-foldable"):
         with_settings(RECIPES["plus"], parse_settings(["architecture=resnet"]))
     assert set(ARCHITECTURE_NAMES) == set(ARCHITECTURES)
+
+
+def test_progressive_sizes_are_checked_and_split_the_epochs():
+    recipe = with_settings(RECIPES["plus"], parse_settings(["sizes=[[112, 0.75], [150, 0.25]]"]))
+    assert recipe.sizes == [[112, 0.75], [150, 0.25]]
+    assert size_phases(recipe.sizes, 120, 150) == [(90, 112), (120, 150)]
+    assert size_phases(None, 7, 150) == [(7, 150)]
+    # short runs keep the last phase (the input size) first, then one epoch per phase
+    assert size_phases([[96, 0.5], [128, 0.3], [150, 0.2]], 1, 150) == [(1, 150)]
+    assert size_phases([[96, 0.5], [128, 0.3], [150, 0.2]], 3, 150) == [
+        (1, 96), (2, 128), (3, 150)]
+    for value, message in [("[[112, 0.5], [150, 0.4]]", "add up to 0.9, not 1"),
+                           ("[[16, 1]]", "at least 32 pixels"), ("112", "sizes takes")]:
+        with pytest.raises(ValueError, match=message):
+            with_settings(RECIPES["plus"], parse_settings([f"sizes={value}"]))
+    with pytest.raises(ValueError, match="seed convnet .* one input size"):
+        with_settings(RECIPES["augmented"], {"sizes": [[112, 1]]})
+    with pytest.raises(ValueError, match="mixup cannot be negative"):
+        with_settings(RECIPES["plus"], {"mixup": -1})
+
+
+def test_a_progressive_training_model_takes_every_size_and_hands_its_weights_on():
+    recipe = with_settings(RECIPES["plus"], {"sizes": [[64, 0.5], [96, 0.5]]})
+    model = new_training_model(recipe, 2, "float32", seed=0, input_shape=(96, 96, 3),
+                               steps_per_epoch=2, epochs=2)
+    rng = np.random.default_rng(0)
+    for size in (64, 96):
+        x = rng.integers(0, 256, (4, size, size, 3)).astype(np.uint8)
+        assert np.isfinite(model.train_on_batch(x, np.array([0, 1, 0, 1]))[0])
+    final = inference_model(model, recipe, 2, (96, 96, 3))
+    x = rng.integers(0, 256, (3, 96, 96, 3)).astype(np.float32)
+    np.testing.assert_allclose(final.predict(x, verbose=0),
+                               model.layers[-1].predict(x, verbose=0), atol=1e-6)
+    assert final.input_shape == (None, 96, 96, 3)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_crossentropy_takes_mixed_targets_as_class_shares(classes):
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    shares = np.array([[0.6, 0.4, 0.0], [0.0, 0.25, 0.75]], np.float32)
+    expected = -(shares * np.log(probabilities)).sum(axis=1).mean()
+    assert float(SparseCrossentropy()(shares, probabilities)) == pytest.approx(expected, rel=1e-5)
+    if classes == 2:  # a sigmoid's share of class 1: Keras's binary cross-entropy as it is
+        loss = keras.losses.BinaryCrossentropy()(np.array([0.3, 1.0]), np.array([[0.4], [0.9]]))
+        assert float(loss) == pytest.approx(
+            -np.mean([0.3 * np.log(0.4) + 0.7 * np.log(0.6), np.log(0.9)]), rel=1e-4)

@@ -94,13 +94,20 @@ def test_ctrl_c_stops_cleanly_with_the_resume_command(real_data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["augmented", "plus"])
-def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp_path, recipe):
+@pytest.mark.parametrize("recipe, settings", [
+    pytest.param("augmented", {}, id="augmented"),
+    pytest.param("plus", {"label_smoothing": 0.2}, id="plus"),
+    # one epoch at 64x64, then two at 150x150, CutMix and MixUp: killed in either phase
+    pytest.param("plus", {"sizes": [[64, 0.4], [150, 0.6]], "cutmix": 1.0, "mixup": 0.2},
+                 id="plus-progressive-mixed"),
+])
+def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp_path, recipe,
+                                                                  settings):
     out = tmp_path / "killed"
     args = ["--data", real_data, "--recipe", recipe, "--limit", "50", "--epochs", "3",
             "--batch-size", "8", "--out", out]
-    if recipe == "plus":
-        args += ["--set", "label_smoothing=0.2"]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
     process = start_and_wait_for_first_epoch(args)
     os.kill(process.pid, signal.SIGKILL)
     process.communicate()
@@ -119,9 +126,15 @@ def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recipe"] == recipe
     if recipe == "plus":  # its --set survived the resume; its model is inside the budget
-        assert metrics["settings"] == {"label_smoothing": 0.2}
-        assert metrics["recipe_definition"]["label_smoothing"] == 0.2
+        assert metrics["settings"] == settings
+        assert all(metrics["recipe_definition"][key] == value for key, value in settings.items())
         assert metrics["params"] < 1_000_000 and metrics["macs_per_image"] <= 250_000_000
+        assert metrics["input_shape"] == [150, 150, 3]
+    if "sizes" in settings:  # the phases as planned, whichever epoch the kill fell in
+        left = "epochs 2-3" if before["epoch"] == 1 else "epoch 3"
+        assert f"{left} at 150x150" in resumed.stdout and "64x64" not in resumed.stdout
+        # against each target's larger share (mixed targets never equal 0 or 1 exactly)
+        assert min(history["accuracy"]) > 0.2
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ def build_plus_model(
     dtype: str = "float32",
     widths: tuple[int, ...] = PLUS_WIDTHS,
     foldable: bool = False,
-    norm: type = keras.layers.BatchNormalization,
+    norm_layer: type = keras.layers.BatchNormalization,
 ) -> keras.Model:
     """A residual separable convnet with batch normalization, in the seed's budget.
 
@@ -97,14 +97,14 @@ def build_plus_model(
     read a tensor that is not a convolution's alone (the stem's, also read by the first
     shortcut, or a residual sum) and run as separate int8 ops after export. foldable=True orders it
     conv-BN-ReLU, as Xception does: every BatchNorm follows a convolution and folds into it.
-    `norm` is the batch normalization layer (training passes FusedBatchNormalization).
+    `norm_layer` is the batch normalization layer (training passes FusedBatchNormalization).
     """
     if num_classes < 2:
         raise ValueError("a classifier needs at least two classes")
     L = keras.layers
 
     def norm(x):
-        return norm(momentum=BN_MOMENTUM, dtype=dtype)(x)
+        return norm_layer(momentum=BN_MOMENTUM, dtype=dtype)(x)
 
     def relu(x):
         return L.Activation("relu", dtype=dtype)(x)

@@ -246,7 +246,7 @@ def new_training_model(recipe: Recipe, num_classes: int, precision: str, seed: i
         layers.append(RandomErasing(recipe.erasing, seed=seed + 1, name="erase"))
     build = ARCHITECTURES[recipe.architecture]
     if fused_norm and recipe.architecture != "seed":  # plus networks: the faster kernel
-        build = functools.partial(build, norm=FusedBatchNormalization)
+        build = functools.partial(build, norm_layer=FusedBatchNormalization)
     layers.append(build(num_classes, recipe.dropout, input_shape, dtype=dtype))
     model = keras.Sequential(layers, name=f"train_{recipe.name}")
     if num_classes == 2:
