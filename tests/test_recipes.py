@@ -14,6 +14,7 @@ from edgeconv.train.recipes import (
 )
 from edgeconv.train.trainer import (
     AdamW,
+    AveragedValidation,
     SparseCrossentropy,
     inference_model,
     new_optimizer,
@@ -132,3 +133,30 @@ def test_crossentropy_takes_mixed_targets_as_class_shares(classes):
         loss = keras.losses.BinaryCrossentropy()(np.array([0.3, 1.0]), np.array([[0.4], [0.9]]))
         assert float(loss) == pytest.approx(
             -np.mean([0.3 * np.log(0.4) + 0.7 * np.log(0.6), np.log(0.9)]), rel=1e-4)
+
+
+def test_weight_averages_are_validated_saved_and_shipped_while_training_goes_on(tmp_path):
+    recipe = with_settings(RECIPES["plus"], {"ema": 0.9, "dropout": 0.0})
+    model = new_training_model(recipe, 2, "float32", seed=0, input_shape=(32, 32, 3),
+                               steps_per_epoch=4, epochs=2)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
+    y = np.array([0, 1] * 4)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)  # fit() leaves the trained weights
+    trained = [w.numpy().copy() for w in model.trainable_weights]
+    averages = [a.numpy().copy() for a in model.optimizer._model_variables_moving_average]
+    assert not all(np.allclose(t, a) for t, a in zip(trained, averages))
+    callback = AveragedValidation()
+    callback.set_model(model)
+    callback.on_test_begin()
+    assert all(np.array_equal(w.numpy(), a) for w, a in zip(model.trainable_weights, averages))
+    callback.on_test_end()
+    assert all(np.array_equal(w.numpy(), t) for w, t in zip(model.trainable_weights, trained))
+    model.save(tmp_path / "checkpoint.keras")  # a resumed run keeps its averages
+    loaded = keras.saving.load_model(tmp_path / "checkpoint.keras")
+    final = inference_model(loaded, recipe, 2, (32, 32, 3))
+    assert len(final.trainable_weights) == len(averages)  # the same layers, in order
+    for weight, average in zip(final.trainable_weights, averages):
+        np.testing.assert_array_equal(weight.numpy(), average)
+    with pytest.raises(ValueError, match="made by the adamw optimizer"):
+        with_settings(RECIPES["augmented"], {"ema": 0.99})

@@ -97,8 +97,10 @@ def test_ctrl_c_stops_cleanly_with_the_resume_command(real_data, tmp_path):
 @pytest.mark.parametrize("recipe, settings", [
     pytest.param("augmented", {}, id="augmented"),
     pytest.param("plus", {"label_smoothing": 0.2}, id="plus"),
-    # one epoch at 64x64, then two at 150x150, CutMix and MixUp: killed in either phase
-    pytest.param("plus", {"sizes": [[64, 0.4], [150, 0.6]], "cutmix": 1.0, "mixup": 0.2},
+    # one epoch at 64x64, then two at 150x150, CutMix, MixUp, weight averages: killed in
+    # either phase
+    pytest.param("plus", {"sizes": [[64, 0.4], [150, 0.6]], "cutmix": 1.0, "mixup": 0.2,
+                          "ema": 0.9},
                  id="plus-progressive-mixed"),
 ])
 def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp_path, recipe,

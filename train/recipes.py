@@ -31,6 +31,9 @@ class Recipe:
     # stay at the input size.
     sizes: list | None = None
     mixup: float = 0.0  # MixUp's Beta(a, a) parameter a; 0 is off
+    # Weight averaging: the momentum of an exponential moving average of the weights (adamw
+    # only), e.g. 0.998; validation and the saved model take the averages. 0 is off.
+    ema: float = 0.0
     cutmix: float = 0.0  # CutMix's a; with mixup too, each batch takes one of the two
     summary: str = field(default="", compare=False)
 
@@ -104,6 +107,12 @@ def with_settings(recipe: Recipe, settings: dict) -> Recipe:
         if key in ("mixup", "cutmix", "erasing", "label_smoothing", "dropout") and value < 0:
             raise ValueError(f"{shown}: {key} cannot be negative")
     changed = replace(recipe, **settings)
+    if not 0 <= changed.ema < 1:
+        raise ValueError(f"--set ema={changed.ema}: the averaging momentum is 0 (off) or in "
+                         "(0, 1), e.g. 0.998")
+    if changed.ema and changed.optimizer != "adamw":
+        raise ValueError("--set ema: weight averaging is made by the adamw optimizer; add "
+                         "--set optimizer=adamw")
     if changed.sizes and changed.architecture == "seed":
         raise ValueError("--set sizes: the seed convnet (Flatten + Dense) takes one input size "
                          "only; progressive resizing needs a plus architecture")

@@ -228,6 +228,49 @@ class AdamW(keras.optimizers.AdamW):
         super().__init__(**kwargs)
         self.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
 
+    def _update_model_variables_moving_average(self, trainable_variables):
+        # The average warms up (momentum min(ema, (1 + t) / (10 + t)) at step t), so that a
+        # short run's average is not still partly its random start.
+        if not self.use_ema:
+            return
+        step = ops.cast(self.iterations, "float32")
+        momentum = ops.minimum(self.ema_momentum, (1.0 + step) / (10.0 + step))
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is not None:
+                average.assign(momentum * average + (1.0 - momentum) * variable)
+
+    def finalize_variable_values(self, var_list):
+        """Leave the trained weights in place when fit() ends: a run with progressive resizing
+        fits once per size, and training goes on (averaged_weights puts the averages in)."""
+
+
+def averaged_weights(model: keras.Model) -> list[np.ndarray] | None:
+    """Put the optimizer's moving averages of the weights (recipe.ema) into `model`; returns
+    the trained values (to put back with restore_weights), or None when it keeps no averages."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not getattr(optimizer, "use_ema", False) or not optimizer.built:
+        return None
+    variables = optimizer._trainable_variables
+    trained = [np.array(variable.numpy()) for variable in variables]
+    optimizer._overwrite_model_variables_with_average_value(variables)
+    return trained
+
+
+def restore_weights(model: keras.Model, trained: list[np.ndarray]) -> None:
+    for variable, value in zip(model.optimizer._trainable_variables, trained):
+        variable.assign(value)
+
+
+class AveragedValidation(keras.callbacks.Callback):
+    """Validate the averaged weights (recipe.ema), then train on with the trained ones."""
+
+    def on_test_begin(self, logs=None):
+        self.trained = averaged_weights(self.model)
+
+    def on_test_end(self, logs=None):
+        if self.trained is not None:
+            restore_weights(self.model, self.trained)
+
 
 def new_training_model(recipe: Recipe, num_classes: int, precision: str, seed: int,
                        input_shape: tuple[int, int, int], steps_per_epoch: int,
@@ -276,7 +319,8 @@ def new_optimizer(recipe: Recipe, steps_per_epoch: int,
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, decay_steps=max(1, total - warmup),
         warmup_target=recipe.learning_rate, warmup_steps=warmup)
-    return AdamW(learning_rate=schedule, weight_decay=recipe.weight_decay)
+    return AdamW(learning_rate=schedule, weight_decay=recipe.weight_decay,
+                 use_ema=recipe.ema > 0, ema_momentum=recipe.ema or 0.99)
 
 
 def fit(run_dir: Path, model: keras.Model, state: dict,
@@ -320,7 +364,7 @@ def fit(run_dir: Path, model: keras.Model, state: dict,
                 # draw from Python's global random state, which a multi-device start draws from.
                 shuffle=False,
                 validation_data=validation_batches,
-                callbacks=[Checkpointer(run_dir, state),
+                callbacks=[AveragedValidation(), Checkpointer(run_dir, state),
                            Estimate(steps, epochs - state["epoch"], batch_size,
                                     len(validation[0]), work, (full / size) ** 2)],
                 verbose=verbose,
@@ -330,7 +374,9 @@ def fit(run_dir: Path, model: keras.Model, state: dict,
 
 def inference_model(trained: keras.Model, recipe: Recipe, num_classes: int,
                     input_shape: tuple[int, int, int]) -> keras.Model:
-    """The recipe's convnet alone, in float32, carrying the trained weights (no augmentation)."""
+    """The recipe's convnet alone, in float32, carrying the trained weights (no augmentation),
+    or their moving averages when the recipe keeps them (recipe.ema)."""
+    averaged_weights(trained)  # the training model is done with
     build = ARCHITECTURES[recipe.architecture]
     model = build(num_classes, recipe.dropout, input_shape, dtype="float32")
     model.set_weights(trained.layers[-1].get_weights())  # the convnet follows augmentation
