@@ -127,6 +127,8 @@ def test_resume_after_sigkill_continues_from_the_last_whole_epoch(real_data, tmp
     assert (out / "model.keras").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recipe"] == recipe
+    # the saved model is the one the last epoch validated (with ema: the averaged weights)
+    assert metrics["val_accuracy"] == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
     if recipe == "plus":  # its --set survived the resume; its model is inside the budget
         assert metrics["settings"] == settings
         assert all(metrics["recipe_definition"][key] == value for key, value in settings.items())
@@ -217,3 +219,33 @@ def test_auto_precision_takes_bfloat16_only_where_it_trains_faster(vendor, flags
     from edgeconv.train.environment import cpu_precision
 
     assert cpu_precision(cpuinfo(vendor, *flags)) == expected
+
+
+def test_schedule_minutes_follow_the_rows_of_their_sizes():
+    from edgeconv.benchmarks.train_plus import schedule_minutes
+
+    rows = [{"size": size, "precision": "float32", "augment": True, "fused_norm": True,
+             "images_per_second": rate} for size, rate in ((150, 20.0), (112, 40.0))]
+    rows.append({**rows[0], "fused_norm": False, "images_per_second": 1.0})  # not a schedule's
+    schedules = {s["schedule"]: s["minutes"] for s in schedule_minutes(rows, 2000, 120)}
+    assert schedules == {"every epoch at 150": 120 * 2000 / 20 / 60,
+                         "3/4 at 112, then 150": (90 * 2000 / 40 + 30 * 2000 / 20) / 60}
+
+
+@pytest.mark.slow
+def test_plus_throughput_benchmark_prints_rows_minutes_and_a_profile(real_data, tmp_path):
+    result = run_script("benchmarks/train.py", "--recipe", "plus", "--data", real_data,
+                        "--sizes", "64", "--steps", "1", "--repeats", "1", "--profile",
+                        "--json", tmp_path / "plus.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "plus.json").read_text())
+    assert [row["choice"] for row in report["rows"]] == [
+        "float32 at 64", "float32 at 64, Keras's BatchNorm", "float32 at 64, no augmentation"]
+    for row in report["rows"]:  # a whole plus run: 120 epochs of the 2,000 training photos
+        assert row["minutes_per_run"] == pytest.approx(120 * 2000 / row["images_per_second"] / 60)
+        assert f"| {row['choice']} | {row['images_per_second']:.1f} |" in result.stdout
+    layers = {(layer["layer"], layer["input"]) for layer in report["layers"]}
+    assert {("SeparableConv2D", 75), ("FusedBatchNormalization", 75), ("Conv2D stem", 150),
+            ("Dense", 0)} <= layers
+    assert sum(layer["share"] for layer in report["layers"]) == pytest.approx(1.0)
+    assert report["schedules"] == []  # no schedule is all at 64
