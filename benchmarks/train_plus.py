@@ -59,6 +59,7 @@ def measure(dataset: Dataset, rows: list[Choice], steps: int, repeats: int,
     built = []
     for row in rows:
         x, y = load_split(dataset, "train", (row.size, row.size))
+        x = np.array(x)  # in memory: rows time the training, not the page cache of a busy host
         model = new_training_model(row.recipe(), len(dataset.classes), row.precision, seed=0,
                                    input_shape=(row.size, row.size, 3),
                                    steps_per_epoch=steps, epochs=1,
