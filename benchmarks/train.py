@@ -185,7 +185,7 @@ def plus_main(args: argparse.Namespace, data: Path) -> int:
     print("\n" + train_plus.report(rows, schedules, layers, (
         f"plus recipe training throughput, batch {recipe.batch_size}, {images} training "
         f"images, {recipe.epochs} epochs a run, {env['backend']} "
-        f"{env.get('backend_version', '')} on {env['cpu']} ({env['cores']} cores), median of "
+        f"{env.get('backend_version', '')} on {env['cpu']} ({env['cores']} cores), fastest of "
         f"{args.repeats} interleaved rounds of {args.steps} steps")))
     if args.json:
         write_json(args.json, {"rows": rows, "schedules": schedules, "layers": layers, **env})

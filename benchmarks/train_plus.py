@@ -3,8 +3,10 @@
 
 Rows train the plus recipe's model on the real training split, one short epoch per row per
 round, rounds interleaved (the machine is shared: drifts fall on every row alike); the first
-round (tracing, warm-up) is not counted. Each row's images/s gives the minutes of a whole plus
-run at that choice, and the schedules' minutes follow from the rows of their sizes.
+round (tracing, warm-up) is not counted. A row's figure is its fastest round, as timeit takes
+the fastest: a shared host's stalls only ever slow a round (median and slowest are shown too).
+It gives the minutes of a whole plus run at that choice, and the schedules' minutes follow
+from the rows of their sizes.
 `--profile` also times each layer's forward and backward pass at 150x150 (TensorFlow only).
 """
 
@@ -55,7 +57,8 @@ def choices(sizes: list[int], precisions: list[str]) -> list[Choice]:
 
 def measure(dataset: Dataset, rows: list[Choice], steps: int, repeats: int,
             batch: int) -> list[dict]:
-    """Median images/s of each row, one epoch of `steps` batches per row per round."""
+    """Images/s of each row (its fastest round), one epoch of `steps` batches per row per
+    round."""
     built = []
     for row in rows:
         x, y = load_split(dataset, "train", (row.size, row.size))
@@ -76,9 +79,9 @@ def measure(dataset: Dataset, rows: list[Choice], steps: int, repeats: int,
     epochs = RECIPES["plus"].epochs
     return [{"choice": row.name, "size": row.size, "precision": row.precision,
              "augment": row.augment, "fused_norm": row.fused_norm,
-             "images_per_second": statistics.median(values), "min": min(values),
-             "max": max(values), "samples": values,
-             "minutes_per_run": epochs * images / statistics.median(values) / 60}
+             "images_per_second": max(values), "median": statistics.median(values),
+             "min": min(values), "samples": values,
+             "minutes_per_run": epochs * images / max(values) / 60}
             for (row, _, _, images), values in zip(built, rates)]
 
 
@@ -146,9 +149,10 @@ def report(rows: list[dict], schedules: list[dict], layers: list[dict] | None,
            heading: str) -> str:
     base = rows[0]["images_per_second"]
     lines = [heading, "", markdown_table(
-        ["choice", "images/s (median)", "min", "max", "vs first row", "minutes per plus run"],
-        [[row["choice"], f"{row['images_per_second']:.1f}", f"{row['min']:.1f}",
-          f"{row['max']:.1f}", f"{row['images_per_second'] / base:.2f}x",
+        ["choice", "images/s (fastest round)", "median", "slowest", "vs first row",
+         "minutes per plus run"],
+        [[row["choice"], f"{row['images_per_second']:.1f}", f"{row['median']:.1f}",
+          f"{row['min']:.1f}", f"{row['images_per_second'] / base:.2f}x",
           f"{row['minutes_per_run']:.0f}"] for row in rows])]
     if schedules:
         lines += ["", markdown_table(

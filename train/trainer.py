@@ -341,35 +341,34 @@ def fit(run_dir: Path, model: keras.Model, state: dict,
     if recipe.mixup > 0 or recipe.cutmix > 0:
         mixing = (2 if outputs == 1 else outputs, recipe.mixup, recipe.cutmix)
     validation_batches = Batches(*validation, batch_size=64, multiple=devices, part=part)
-    start = 0
-    for end, size in phases:
-        if state["epoch"] < end:
-            x, y = train_at(size)
-            steps = recipe.steps_per_epoch(len(x), batch_size)
-            # The time estimate counts the later phases' epochs by their pixels.
-            left = [(last - max(first, state["epoch"]), later) for first, (last, later)
-                    in zip([0] + [last for last, _ in phases], phases) if last > state["epoch"]]
-            work = sum(count * (later / size) ** 2 for count, later in left)
-            if len(phases) > 1:
-                first = max(start, state["epoch"]) + 1
-                span = f"epochs {first}-{end}" if end > first else f"epoch {end}"
-                print(f"{span} at {size}x{size}", flush=True)
-            stream = BatchStream(x, y, batch_size, steps, seed, start_epoch=state["epoch"],
-                                 part=part, mixing=mixing)
-            model.fit(
-                stream,
-                epochs=end,
-                initial_epoch=state["epoch"],
-                # The stream is shuffled already; Keras's own shuffle of the batch order would
-                # draw from Python's global random state, which a multi-device start draws from.
-                shuffle=False,
-                validation_data=validation_batches,
-                callbacks=[AveragedValidation(), Checkpointer(run_dir, state),
-                           Estimate(steps, epochs - state["epoch"], batch_size,
-                                    len(validation[0]), work, (full / size) ** 2)],
-                verbose=verbose,
-            )
-        start = end
+    starts = [0] + [end for end, _ in phases]
+    for first, (end, size) in zip(starts, phases):
+        if state["epoch"] >= end:
+            continue
+        x, y = train_at(size)
+        steps = recipe.steps_per_epoch(len(x), batch_size)
+        # The time estimate counts the later phases' epochs by their pixels.
+        work = sum((last - max(begin, state["epoch"])) * (later / size) ** 2
+                   for begin, (last, later) in zip(starts, phases) if last > state["epoch"])
+        if len(phases) > 1:
+            begin = max(first, state["epoch"]) + 1
+            span = f"epochs {begin}-{end}" if end > begin else f"epoch {end}"
+            print(f"{span} at {size}x{size}", flush=True)
+        stream = BatchStream(x, y, batch_size, steps, seed, start_epoch=state["epoch"],
+                             part=part, mixing=mixing)
+        model.fit(
+            stream,
+            epochs=end,
+            initial_epoch=state["epoch"],
+            # The stream is shuffled already; Keras's own shuffle of the batch order would
+            # draw from Python's global random state, which a multi-device start draws from.
+            shuffle=False,
+            validation_data=validation_batches,
+            callbacks=[AveragedValidation(), Checkpointer(run_dir, state),
+                       Estimate(steps, epochs - state["epoch"], batch_size,
+                                len(validation[0]), work, (full / size) ** 2)],
+            verbose=verbose,
+        )
 
 
 def inference_model(trained: keras.Model, recipe: Recipe, num_classes: int,
