@@ -20,6 +20,7 @@ COMMANDS = {
     "serve": "edgeconv.runtime:serve",
     "prepare": "edgeconv.train.prepare_data",
     "train": "edgeconv.train.run",
+    "evaluate": "edgeconv.train.evaluate",
     "export": "edgeconv.export.all",
     "tflite": "edgeconv.export.to_tflite",
     "onnx": "edgeconv.export.to_onnx",

@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Score trained models on a dataset's splits: each alone, their ensemble, at other input sizes.
+
+  python train/evaluate.py RUN_OR_MODEL [RUN_OR_MODEL ...] [--data DIR] [--sizes 150,172]
+
+An ensemble averages its members' probabilities (a sigmoid's P(class 1), or softmax rows):
+the figure distillation from those members has to reach. --sizes runs a fully convolutional
+model (plus) at input sizes other than its own, the same weights (FixRes: the best test size
+can differ from the training one). Photos are decoded at each size as training decodes them,
+and cached the same way. Choose by validation; the test column is for reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeconv.runtime.confidence import class_columns
+from edgeconv.runtime.evaluate import accuracy, decide
+from edgeconv.runtime.tables import markdown_table, percent
+from edgeconv.runtime.text import command_name
+from edgeconv.train.dataset import DataError, find_dataset, load_split, resolve_data
+
+SPLITS = ("validation", "test")
+
+
+@dataclass
+class Member:
+    """One model to score: its name in the table, its file, and the run it came from."""
+
+    name: str
+    path: Path
+    run: dict | None  # the run's run.json, when the model is a run's
+
+
+def find_member(given: Path) -> Member:
+    """A run folder (its model.keras and run.json) or a .keras file."""
+    if given.is_dir():
+        path = given / "model.keras"
+        if not path.is_file():
+            raise DataError(f"{given}: holds no model.keras (an unfinished run? finish it "
+                            "with: edgeconv train --out RUN --resume)")
+        run_file = given / "run.json"
+        run = json.loads(run_file.read_text()) if run_file.is_file() else None
+        return Member(given.name or str(given), path, run)
+    if given.suffix != ".keras" or not given.is_file():
+        raise DataError(f"{given}: not a run folder or a .keras model file")
+    return Member(given.stem, given, None)
+
+
+def resized(model, size: int):
+    """`model` taking size x size photos, the same weights; `model` itself at its own size.
+
+    Only a fully convolutional network (global pooling before its head) runs at another
+    size: a Flatten's Dense expects the trained size's feature map."""
+    if tuple(model.input_shape[1:3]) == (size, size):
+        return model
+    import keras
+
+    config = model.get_config()
+    _free_spatial_dims(config)  # nested models too (a none head has inputs of its own)
+    try:
+        other = keras.Model.from_config(config)
+        other.set_weights(model.get_weights())
+    except ValueError:
+        raise DataError(f"{model.name}: runs only at {model.input_shape[1]}x"
+                        f"{model.input_shape[2]} (a Flatten fixes the size); --sizes needs a "
+                        "fully convolutional model such as plus") from None
+    return other
+
+
+def _free_spatial_dims(node) -> None:
+    """Every 4-D input shape in a Keras config made [batch, None, None, channels], in place."""
+    if isinstance(node, list):
+        for item in node:
+            _free_spatial_dims(item)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        shape = key in ("batch_shape", "build_input_shape") and isinstance(value, (list, tuple))
+        if shape and len(value) == 4:
+            node[key] = [value[0], None, None, value[3]]
+        else:
+            _free_spatial_dims(value)
+
+
+def probabilities(model, images: np.ndarray, columns: int) -> np.ndarray:
+    """The model's class columns for uint8 images, float64 [N, columns] (a none column, if
+    the model has one, left out)."""
+    from edgeconv.train.trainer import Batches
+
+    outputs = np.asarray(model.predict(Batches(images), verbose=0), np.float64)
+    return outputs.reshape(len(images), -1)[:, :columns]
+
+
+def ensemble(outputs: list[np.ndarray]) -> np.ndarray:
+    """The members' probabilities averaged: sigmoid P(class 1) columns or softmax rows."""
+    return np.mean(np.stack(outputs), axis=0)
+
+
+def evaluate(members: list[Member], dataset, sizes: list[int], splits: list[str],
+             log=print) -> list[dict]:
+    """Rows {model, size, <split>: accuracy}: each member at each size, then the ensemble's."""
+    import keras
+
+    from edgeconv.train.augment import RandomAffine  # noqa: F401  (registers the layer)
+
+    columns = class_columns(len(dataset.classes))
+    models = []
+    for member in members:
+        try:
+            models.append(keras.saving.load_model(member.path, compile=False))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{member.path}: cannot load it ({error})") from None
+    rows = []
+    for size in sizes:
+        outputs: dict[str, list[np.ndarray]] = {split: [] for split in splits}
+        truth = {}
+        for member, model in zip(members, models):
+            started, row = time.monotonic(), {"model": member.name, "size": size}
+            sized = resized(model, size)  # rebuilt once per size: cheap beside predicting
+            for split in splits:
+                images, truth[split] = load_split(dataset, split, (size, size))
+                outputs[split].append(probabilities(sized, images, columns))
+                row[split] = accuracy(truth[split], decide(outputs[split][-1]))
+            rows.append(row)
+            log(f"{member.name} at {size}: {time.monotonic() - started:.0f} s")
+        if len(members) > 1:
+            rows.append({"model": f"ensemble of {len(members)}", "size": size,
+                         **{split: accuracy(truth[split], decide(ensemble(outputs[split])))
+                            for split in splits}})
+    return rows
+
+
+def check_classes(members: list[Member], classes: list[str]) -> None:
+    for member in members:
+        if member.run and member.run.get("classes") != classes:
+            raise DataError(f"{member.path}: learnt the classes {member.run.get('classes')}, "
+                            f"not this dataset's {classes}")
+
+
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes are pixels, e.g. 150,172") from None
+    if any(not 32 <= size <= 1024 for size in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: each size must be 32 to 1024 pixels")
+    return sizes
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=command_name("python train/evaluate.py"),
+        description="Score trained models on a dataset's validation and test photos: each "
+        "alone, the ensemble of them all (their probabilities averaged), at one or more input "
+        "sizes. Choose by validation; test is for reporting.",
+        epilog=f"Example: {command_name('python train/evaluate.py')} runs/plus-seed0 "
+        "runs/plus-seed1 runs/plus-seed2 --sizes 150,172")
+    parser.add_argument("models", nargs="+", type=Path, metavar="RUN_OR_MODEL",
+                        help="a run folder (its model.keras) or a .keras file")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help="dataset folder: DIR/{validation,test}/<class>/ (default: the "
+                        "first run's data, else $EDGECONV_DATA)")
+    parser.add_argument("--sizes", type=parse_sizes, metavar="N[,N...]",
+                        help="input sizes in pixels (square) to run the models at (default: "
+                        "the first model's own, 150)")
+    parser.add_argument("--limit", type=int, help="at most N photos per class per split "
+                        "(quick looks)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the rows as JSON (progress goes to stderr)")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        members = [find_member(path) for path in args.models]
+        runs = [member.run for member in members if member.run]
+        data = resolve_data(args.data or (Path(runs[0]["data"]) if runs else None))
+        splits = [split for split in SPLITS if (data / split).is_dir()]
+        if not splits:
+            raise DataError(f"{data}: has no validation or test split folder")
+        dataset = find_dataset(data, tuple(splits), limit=args.limit)
+        check_classes(members, dataset.classes)
+        sizes = args.sizes or [int((runs[0] if runs else {}).get("input_shape", [150])[0])]
+        from edgeconv.train.backend import import_keras
+
+        import_keras()
+        rows = evaluate(members, dataset, sizes, splits,
+                        log=lambda line: print(line, file=sys.stderr))
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"data": str(data), "classes": dataset.classes, "rows": rows},
+                         indent=1))
+    else:
+        print(f"{data} ({', '.join(f'{split} {sum(dataset.counts(split))}' for split in splits)}"
+              " photos)")
+        print(markdown_table(["model", "input", *splits],
+                             [[row["model"], row["size"], *(percent(row[split])
+                                                            for split in splits)]
+                              for row in rows]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
