@@ -111,3 +111,27 @@ def test_the_shipped_model_scores_what_its_card_says(real_data, shipped):
     (row,) = json.loads(result.stdout)["rows"]
     assert row["size"] == 150
     assert (row["validation"], row["test"]) == (card["val_accuracy"], card["test_accuracy"])
+
+
+def test_recalibration_sets_batchnorm_statistics_to_the_photos_own():
+    """FixRes's re-estimate: each BatchNorm (a nested model's too) ends with the mean of its
+    input's batch means and variances on the photos given; its momentum is left as it was."""
+    import keras
+
+    inner = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.BatchNormalization()])
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.BatchNormalization(),
+                              keras.layers.Rescaling(2.0), inner])
+    photos = np.random.default_rng(0).integers(0, 256, (128, 8, 8, 3)).astype(np.uint8)
+    assert evaluate.recalibrate(model, photos, batch_size=64) == 2
+    outer_norm, inner_norm = model.layers[0], inner.layers[0]
+    x = photos.astype(np.float64)
+    halves = [x[:64], x[64:]]
+    np.testing.assert_allclose(outer_norm.moving_mean.numpy(), x.mean(axis=(0, 1, 2)),
+                               rtol=1e-4)
+    np.testing.assert_allclose(outer_norm.moving_variance.numpy(),
+                               np.mean([h.var(axis=(0, 1, 2)) for h in halves], axis=0),
+                               rtol=1e-3)
+    # The inner one reads the outer one's output in training mode (normalized by each batch's
+    # own statistics, then doubled): variance 4 within every batch.
+    np.testing.assert_allclose(inner_norm.moving_variance.numpy(), 4.0, rtol=1e-2)
+    assert outer_norm.momentum == inner_norm.momentum == 0.99

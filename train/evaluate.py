@@ -54,12 +54,13 @@ def find_member(given: Path) -> Member:
     return Member(given.stem, given, None)
 
 
-def resized(model, size: int):
-    """`model` taking size x size photos, the same weights; `model` itself at its own size.
+def resized(model, size: int, copy: bool = False):
+    """`model` taking size x size photos, the same weights; `model` itself at its own size
+    unless `copy`.
 
     Only a fully convolutional network (global pooling before its head) runs at another
     size: a Flatten's Dense expects the trained size's feature map."""
-    if tuple(model.input_shape[1:3]) == (size, size):
+    if tuple(model.input_shape[1:3]) == (size, size) and not copy:
         return model
     import keras
 
@@ -91,6 +92,26 @@ def _free_spatial_dims(node) -> None:
             _free_spatial_dims(value)
 
 
+def recalibrate(model, images: np.ndarray, batch_size: int = 64) -> int:
+    """Re-estimate every BatchNormalization's moving mean and variance on `images` (uint8,
+    no augmentation), as FixRes does at a new test size: the average of the batches'
+    statistics, nothing else changed. Returns the number of layers re-estimated."""
+    import keras
+
+    norms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    kept = [layer.momentum for layer in norms]
+    try:
+        for index, start in enumerate(range(0, len(images), batch_size)):
+            for layer in norms:  # momentum k/(k+1) at batch k: the running mean of batches
+                layer.momentum = index / (index + 1)
+            model(np.asarray(images[start:start + batch_size]), training=True)
+    finally:
+        for layer, momentum in zip(norms, kept):
+            layer.momentum = momentum
+    return len(norms)
+
+
 def probabilities(model, images: np.ndarray, columns: int) -> np.ndarray:
     """The model's class columns for uint8 images, float64 [N, columns] (a none column, if
     the model has one, left out)."""
@@ -106,8 +127,9 @@ def ensemble(outputs: list[np.ndarray]) -> np.ndarray:
 
 
 def evaluate(members: list[Member], dataset, sizes: list[int], splits: list[str],
-             log=print) -> list[dict]:
-    """Rows {model, size, <split>: accuracy}: each member at each size, then the ensemble's."""
+             log=print, recalibrated: bool = False) -> list[dict]:
+    """Rows {model, size, <split>: accuracy}: each member at each size, then the ensemble's;
+    `recalibrated`: BatchNorm's statistics re-estimated at each size on the training photos."""
     import keras
 
     from edgeconv.train.augment import RandomAffine  # noqa: F401  (registers the layer)
@@ -125,7 +147,10 @@ def evaluate(members: list[Member], dataset, sizes: list[int], splits: list[str]
         truth = {}
         for member, model in zip(members, models):
             started, row = time.monotonic(), {"model": member.name, "size": size}
-            sized = resized(model, size)  # rebuilt once per size: cheap beside predicting
+            sized = resized(model, size, copy=recalibrated)  # cheap beside predicting
+            if recalibrated:
+                recalibrate(sized, load_split(dataset, "train", (size, size))[0])
+                row["recalibrated"] = True
             for split in splits:
                 images, truth[split] = load_split(dataset, split, (size, size))
                 outputs[split].append(probabilities(sized, images, columns))
@@ -134,6 +159,7 @@ def evaluate(members: list[Member], dataset, sizes: list[int], splits: list[str]
             log(f"{member.name} at {size}: {time.monotonic() - started:.0f} s")
         if len(members) > 1:
             rows.append({"model": f"ensemble of {len(members)}", "size": size,
+                         **({"recalibrated": True} if recalibrated else {}),
                          **{split: accuracy(truth[split], decide(ensemble(outputs[split])))
                             for split in splits}})
     return rows
@@ -172,6 +198,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=parse_sizes, metavar="N[,N...]",
                         help="input sizes in pixels (square) to run the models at (default: "
                         "the first model's own, 150)")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="first re-estimate BatchNorm's statistics at each size on the "
+                        "training photos (FixRes's fix for a new test size; needs DIR/train)")
     parser.add_argument("--limit", type=int, help="at most N photos per class per split "
                         "(quick looks)")
     parser.add_argument("--json", action="store_true",
@@ -191,14 +220,16 @@ def main(argv: list[str] | None = None) -> int:
         splits = [split for split in SPLITS if (data / split).is_dir()]
         if not splits:
             raise DataError(f"{data}: has no validation or test split folder")
-        dataset = find_dataset(data, tuple(splits), limit=args.limit)
+        needed = ("train", *splits) if args.recalibrate else tuple(splits)
+        dataset = find_dataset(data, needed, limit=args.limit)
         check_classes(members, dataset.classes)
         sizes = args.sizes or [int((runs[0] if runs else {}).get("input_shape", [150])[0])]
         from edgeconv.train.backend import import_keras
 
         import_keras()
         rows = evaluate(members, dataset, sizes, splits,
-                        log=lambda line: print(line, file=sys.stderr))
+                        log=lambda line: print(line, file=sys.stderr),
+                        recalibrated=args.recalibrate)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -208,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{data} ({', '.join(f'{split} {sum(dataset.counts(split))}' for split in splits)}"
               " photos)")
+        if args.recalibrate:
+            print("BatchNorm statistics re-estimated at each size on the training photos")
         print(markdown_table(["model", "input", *splits],
                              [[row["model"], row["size"], *(percent(row[split])
                                                             for split in splits)]
