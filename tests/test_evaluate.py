@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -77,7 +78,7 @@ def test_a_model_at_another_size_computes_what_a_network_built_at_that_size_does
                                built.predict(photos, verbose=0), atol=1e-6)
 
 
-def test_user_mistakes_are_one_line_errors(real_data, tmp_path, capsys):
+def test_user_mistakes_are_one_line_errors(real_data, class_folders, tmp_path, capsys):
     from edgeconv.train.model import build_model
 
     build_model(2).save(tmp_path / "seed.keras")
@@ -85,6 +86,14 @@ def test_user_mistakes_are_one_line_errors(real_data, tmp_path, capsys):
                           "--limit", "2", "--sizes", "172"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and "Flatten" in error and "plus" in error
+
+    five = tmp_path / "five"  # a validation split of the recycling photos' classes
+    for folder in sorted(path for path in class_folders.iterdir() if path.is_dir()):
+        (five / "validation" / folder.name).mkdir(parents=True)
+        photo = next(path for path in sorted(folder.iterdir()) if path.suffix.lower() == ".jpg")
+        shutil.copy(photo, five / "validation" / folder.name)
+    assert evaluate.main([str(tmp_path / "seed.keras"), "--data", str(five)]) == 2
+    assert "answers 1 columns, not the 5 of this dataset's 5 classes" in capsys.readouterr().err
 
     unfinished = tmp_path / "run"
     unfinished.mkdir()

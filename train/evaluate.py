@@ -141,6 +141,10 @@ def evaluate(members: list[Member], dataset, sizes: list[int], splits: list[str]
             models.append(keras.saving.load_model(member.path, compile=False))
         except (OSError, ValueError) as error:
             raise DataError(f"{member.path}: cannot load it ({error})") from None
+        if models[-1].output_shape[-1] not in (columns, columns + 1):  # + a none column
+            raise DataError(f"{member.path}: answers {models[-1].output_shape[-1]} columns, "
+                            f"not the {columns} of this dataset's {len(dataset.classes)} "
+                            "classes")
     rows = []
     for size in sizes:
         outputs: dict[str, list[np.ndarray]] = {split: [] for split in splits}
