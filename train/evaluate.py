@@ -56,40 +56,15 @@ def find_member(given: Path) -> Member:
 
 def resized(model, size: int, copy: bool = False):
     """`model` taking size x size photos, the same weights; `model` itself at its own size
-    unless `copy`.
-
-    Only a fully convolutional network (global pooling before its head) runs at another
-    size: a Flatten's Dense expects the trained size's feature map."""
+    unless `copy`."""
     if tuple(model.input_shape[1:3]) == (size, size) and not copy:
         return model
-    import keras
+    from edgeconv.train.model import any_size
 
-    config = model.get_config()
-    _free_spatial_dims(config)  # nested models too (a none head has inputs of its own)
     try:
-        other = keras.Model.from_config(config)
-        other.set_weights(model.get_weights())
-    except ValueError:
-        raise DataError(f"{model.name}: runs only at {model.input_shape[1]}x"
-                        f"{model.input_shape[2]} (a Flatten fixes the size); --sizes needs a "
-                        "fully convolutional model such as plus") from None
-    return other
-
-
-def _free_spatial_dims(node) -> None:
-    """Every 4-D input shape in a Keras config made [batch, None, None, channels], in place."""
-    if isinstance(node, list):
-        for item in node:
-            _free_spatial_dims(item)
-        return
-    if not isinstance(node, dict):
-        return
-    for key, value in node.items():
-        shape = key in ("batch_shape", "build_input_shape") and isinstance(value, (list, tuple))
-        if shape and len(value) == 4:
-            node[key] = [value[0], None, None, value[3]]
-        else:
-            _free_spatial_dims(value)
+        return any_size(model)
+    except ValueError as error:
+        raise DataError(str(error)) from None
 
 
 def recalibrate(model, images: np.ndarray, batch_size: int = 64) -> int:

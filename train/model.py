@@ -148,6 +148,39 @@ ARCHITECTURES = {
 }
 
 
+def any_size(model: keras.Model) -> keras.Model:
+    """A copy of `model` that takes photos of any height and width, with the same weights.
+
+    Only a fully convolutional network (global pooling before its head) runs at another
+    size: a Flatten's Dense expects the trained size's feature map (ValueError)."""
+    config = model.get_config()
+    _free_spatial_dims(config)  # nested models too (a none head has inputs of its own)
+    try:
+        other = keras.Model.from_config(config)
+        other.set_weights(model.get_weights())
+    except ValueError:
+        raise ValueError(f"{model.name}: runs only at {model.input_shape[1]}x"
+                         f"{model.input_shape[2]} (a Flatten fixes the size); other sizes "
+                         "need a fully convolutional model such as plus") from None
+    return other
+
+
+def _free_spatial_dims(node) -> None:
+    """Every 4-D input shape in a Keras config made [batch, None, None, channels], in place."""
+    if isinstance(node, list):
+        for item in node:
+            _free_spatial_dims(item)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        shape = key in ("batch_shape", "build_input_shape") and isinstance(value, (list, tuple))
+        if shape and len(value) == 4:
+            node[key] = [value[0], None, None, value[3]]
+        else:
+            _free_spatial_dims(value)
+
+
 def _head(num_classes: int) -> keras.layers.Dense:
     # The head stays float32 under mixed precision: probabilities need the range.
     binary = num_classes == 2

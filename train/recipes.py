@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
 # The seed's ImageDataGenerator settings (rotation and shear in degrees, shift and zoom as
 # fractions), and the gentler ones of the plus recipe.
@@ -35,6 +36,10 @@ class Recipe:
     # only), e.g. 0.998; validation and the saved model take the averages. 0 is off.
     ema: float = 0.0
     cutmix: float = 0.0  # CutMix's a; with mixup too, each batch takes one of the two
+    # Distillation: trained models (.keras files or run folders) whose averaged answer on each
+    # augmented batch the network learns too, with weight `distill` (1: the teachers' alone).
+    teachers: list | None = None
+    distill: float = 0.5
     summary: str = field(default="", compare=False)
 
     def steps_per_epoch(self, train_images: int, batch_size: int | None = None) -> int:
@@ -106,7 +111,12 @@ def with_settings(recipe: Recipe, settings: dict) -> Recipe:
             check_sizes(value, shown)
         if key in ("mixup", "cutmix", "erasing", "label_smoothing", "dropout") and value < 0:
             raise ValueError(f"{shown}: {key} cannot be negative")
+        if key == "teachers" and value is not None:
+            teacher_files(value)
     changed = replace(recipe, **settings)
+    if not 0 < changed.distill <= 1:
+        raise ValueError(f"--set distill={changed.distill}: the teachers' weight is in (0, 1], "
+                         "e.g. 0.5")
     if not 0 <= changed.ema < 1:
         raise ValueError(f"--set ema={changed.ema}: the averaging momentum is 0 (off) or in "
                          "(0, 1), e.g. 0.998")
@@ -117,6 +127,23 @@ def with_settings(recipe: Recipe, settings: dict) -> Recipe:
         raise ValueError("--set sizes: the seed convnet (Flatten + Dense) takes one input size "
                          "only; progressive resizing needs a plus architecture")
     return changed
+
+
+def teacher_files(teachers) -> list[str]:
+    """Absolute paths of the teachers' .keras files (a run folder stands for its model.keras);
+    ValueError when one is missing."""
+    shown = f"--set teachers={json.dumps(teachers)}"
+    if not isinstance(teachers, list) or not teachers or not all(
+            isinstance(name, str) for name in teachers):
+        raise ValueError(f"{shown}: teachers takes a JSON list of .keras files or run "
+                         'folders, e.g. \'teachers=["runs/plus-seed0", "models/plus.keras"]\'')
+    files = []
+    for name in teachers:
+        path = Path(name) / "model.keras" if Path(name).is_dir() else Path(name)
+        if not path.is_file() or path.suffix != ".keras":
+            raise ValueError(f"{shown}: {name} is not a .keras file or a finished run folder")
+        files.append(str(path.resolve()))
+    return files
 
 
 def check_sizes(sizes, shown: str) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from edgeconv.runtime.text import command_name
 from edgeconv.train.dataset import DEFAULT_DATA, DataError
 from edgeconv.train.distribute import DeviceError, parse_devices
-from edgeconv.train.recipes import RECIPES, parse_settings, with_settings
+from edgeconv.train.recipes import RECIPES, parse_settings, teacher_files, with_settings
 from edgeconv.train.session import Options, train
 
 
@@ -95,6 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:  # checked here for a one-line usage error; a resumed run applies its own
         args.settings = parse_settings(args.settings)
         with_settings(RECIPES[args.recipe or "baseline"], args.settings)
+        if args.settings.get("teachers"):  # recorded absolute: a resume may start elsewhere
+            args.settings["teachers"] = teacher_files(args.settings["teachers"])
     except ValueError as error:
         parser.error(str(error))
     try:

@@ -213,7 +213,7 @@ def start_or_resume(out: Path, config: dict, recipe, steps: int, resumed: bool):
             recipe, len(config["classes"]), config["precision"], config["seed"],
             tuple(config["input_shape"]), steps, config["epochs"])
         if config["init"]:
-            start_from(model.layers[-1], Path(config["init"]))
+            start_from(trainer.network_of(model), Path(config["init"]))
     keras.utils.set_random_seed(config["seed"] + state["epoch"])
     return model, state
 

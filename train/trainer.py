@@ -12,6 +12,7 @@ import numpy as np
 from keras import ops
 
 from edgeconv.common.files import atomic_path, write_json
+from edgeconv.runtime.confidence import class_columns
 from edgeconv.runtime.text import plural
 from edgeconv.train.augment import RandomAffine, RandomErasing, label_accuracy, mix_batch
 from edgeconv.train.model import ARCHITECTURES, FusedBatchNormalization
@@ -290,19 +291,27 @@ def new_training_model(recipe: Recipe, num_classes: int, precision: str, seed: i
     build = ARCHITECTURES[recipe.architecture]
     if fused_norm and recipe.architecture != "seed":  # plus networks: the faster kernel
         build = functools.partial(build, norm_layer=FusedBatchNormalization)
-    layers.append(build(num_classes, recipe.dropout, input_shape, dtype=dtype))
-    model = keras.Sequential(layers, name=f"train_{recipe.name}")
+    network = build(num_classes, recipe.dropout, input_shape, dtype=dtype)
     if num_classes == 2:
         loss = keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
     else:
         loss = SparseCrossentropy(label_smoothing=recipe.label_smoothing)
-    optimizer = new_optimizer(recipe, steps_per_epoch, epochs)
     # Weighted, so that the zero-weight padding of a multi-device validation batch (Batches)
     # does not count; without weights it is the plain accuracy.
     # Mixed targets are shares, which Keras's accuracy compares for equality.
     mixed = recipe.mixup > 0 or recipe.cutmix > 0
     metric = keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy") if mixed \
         else "accuracy"
+    if recipe.teachers:
+        from edgeconv.train.distill import DistillationLoss, student_accuracy, with_teachers
+
+        model = with_teachers(layers[1:], network, recipe.teachers, num_classes, input_shape)
+        loss = DistillationLoss(class_columns(num_classes), recipe.distill,
+                                recipe.label_smoothing)
+        metric = keras.metrics.MeanMetricWrapper(student_accuracy, name="accuracy")
+    else:
+        model = keras.Sequential([*layers, network], name=f"train_{recipe.name}")
+    optimizer = new_optimizer(recipe, steps_per_epoch, epochs)
     model.compile(optimizer=optimizer, loss=loss, weighted_metrics=[metric])
     return model
 
@@ -378,5 +387,10 @@ def inference_model(trained: keras.Model, recipe: Recipe, num_classes: int,
     averaged_weights(trained)  # the training model is done with
     build = ARCHITECTURES[recipe.architecture]
     model = build(num_classes, recipe.dropout, input_shape, dtype="float32")
-    model.set_weights(trained.layers[-1].get_weights())  # the convnet follows augmentation
+    model.set_weights(network_of(trained).get_weights())
     return model
+
+
+def network_of(trained: keras.Model) -> keras.Model:
+    """The recipe's convnet inside a training model (after augmentation, beside teachers)."""
+    return next(layer for layer in trained.layers if layer.name.endswith("_convnet"))
