@@ -4,7 +4,7 @@ each choice costs a plus run.
 
   python benchmarks/train.py [--data DIR] [--steps 30] [--repeats 5] [--json FILE]
   python benchmarks/train.py --recipe plus [--sizes 150,128,112,96] [--precisions float32]
-                             [--profile] [--steps 10] [--repeats 3]
+                             [--teachers models/plus.keras] [--profile] [--steps 10] [--repeats 3]
 
 The first trains the augmented recipe's model (same layers, same batch of 32) for a few short
 epochs per pipeline, side by side in one process, and prints the median images per second of
@@ -15,8 +15,9 @@ in float32 and in mixed bfloat16. Rounds run one epoch of each pipeline in turn;
 round (tracing, warm-up) is not counted.
 
 --recipe plus times the plus recipe's model instead: at each input size and precision, and
-without augmentation (what it costs), with the minutes of a whole plus run at each and of
-the progressive-resizing schedules; --profile adds each layer's forward and backward time.
+without augmentation (what it costs), distilled from --teachers (what their forward passes
+cost), with the minutes of a whole plus run at each and of the progressive-resizing
+schedules; --profile adds each layer's forward and backward time.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from edgeconv.runtime.text import command_name  # noqa: E402
 from edgeconv.train.dataset import DataError, find_dataset, load_split, resolve_data  # noqa: E402
 from edgeconv.train.environment import environment  # noqa: E402
 from edgeconv.train.model import INPUT_SHAPE  # noqa: E402
-from edgeconv.train.recipes import RECIPES  # noqa: E402
+from edgeconv.train.recipes import RECIPES, teacher_files  # noqa: E402
 from edgeconv.train.trainer import BatchStream, new_training_model  # noqa: E402
 
 BATCH = 32
@@ -120,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="input sizes to time, largest first (default: 150,128,112,96)")
     plus.add_argument("--precisions", default="float32", type=precisions_list,
                       help="float32, bfloat16 or both, comma-separated (default: float32)")
+    plus.add_argument("--teachers", type=teachers_list, metavar="MODEL[,MODEL...]",
+                      help="also time distillation from these .keras files or run folders "
+                      "(--set teachers=...), e.g. models/plus.keras")
     plus.add_argument("--profile", action="store_true",
                       help="also time each layer's forward and backward pass (TensorFlow)")
     args = parser.parse_args(argv)
@@ -160,6 +164,13 @@ def sizes_list(text: str) -> list[int]:
     return sizes
 
 
+def teachers_list(text: str) -> list[str]:
+    try:
+        return teacher_files(text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).split(": ", 1)[-1]) from None
+
+
 def precisions_list(text: str) -> list[str]:
     precisions = text.split(",")
     if not set(precisions) <= {"float32", "bfloat16"}:
@@ -172,7 +183,8 @@ def plus_main(args: argparse.Namespace, data: Path) -> int:
 
     dataset = find_dataset(data, splits=("train",))
     recipe = RECIPES["plus"]
-    rows = train_plus.measure(dataset, train_plus.choices(args.sizes, args.precisions),
+    rows = train_plus.measure(dataset, train_plus.choices(args.sizes, args.precisions,
+                                                          args.teachers),
                               args.steps, args.repeats, recipe.batch_size)
     images = sum(dataset.counts("train"))
     schedules = train_plus.schedule_minutes(rows, images, recipe.epochs)

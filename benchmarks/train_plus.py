@@ -40,18 +40,24 @@ class Choice:
     precision: str = "float32"
     augment: bool = True  # the recipe's augmentation and erasing layers
     fused_norm: bool = True  # BatchNorm's fused kernel in training (train.model)
+    teachers: tuple[str, ...] = ()  # distillation's teachers (.keras files)
 
     def recipe(self) -> Recipe:
-        plus = RECIPES["plus"]
+        plus = dataclasses.replace(RECIPES["plus"], teachers=list(self.teachers) or None)
         return plus if self.augment else dataclasses.replace(plus, augment=None, erasing=0.0)
 
 
-def choices(sizes: list[int], precisions: list[str]) -> list[Choice]:
+def choices(sizes: list[int], precisions: list[str],
+            teachers: list[str] | None = None) -> list[Choice]:
     rows = [Choice(f"{precision} at {size}", size, precision)
             for precision in precisions for size in sizes]
     first = sizes[0], precisions[0]
     rows[1:1] = [Choice(f"{first[1]} at {first[0]}, Keras's BatchNorm", *first, fused_norm=False),
                  Choice(f"{first[1]} at {first[0]}, no augmentation", *first, augment=False)]
+    if teachers:
+        name = f"{first[1]} at {first[0]}, distilled from {len(teachers)} " + (
+            "teacher" if len(teachers) == 1 else "teachers")
+        rows.insert(3, Choice(name, *first, teachers=tuple(teachers)))
     return rows
 
 

@@ -236,11 +236,12 @@ def test_schedule_minutes_follow_the_rows_of_their_sizes():
 def test_plus_throughput_benchmark_prints_rows_minutes_and_a_profile(real_data, tmp_path):
     result = run_script("benchmarks/train.py", "--recipe", "plus", "--data", real_data,
                         "--sizes", "64", "--steps", "1", "--repeats", "1", "--profile",
-                        "--json", tmp_path / "plus.json")
+                        "--teachers", "models/plus.keras", "--json", tmp_path / "plus.json")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "plus.json").read_text())
     assert [row["choice"] for row in report["rows"]] == [
-        "float32 at 64", "float32 at 64, Keras's BatchNorm", "float32 at 64, no augmentation"]
+        "float32 at 64", "float32 at 64, Keras's BatchNorm", "float32 at 64, no augmentation",
+        "float32 at 64, distilled from 1 teacher"]
     for row in report["rows"]:  # a whole plus run: 120 epochs of the 2,000 training photos
         assert row["minutes_per_run"] == pytest.approx(120 * 2000 / row["images_per_second"] / 60)
         assert f"| {row['choice']} | {row['images_per_second']:.1f} |" in result.stdout
