@@ -85,6 +85,7 @@ def measure(dataset: Dataset, rows: list[Choice], steps: int, repeats: int,
     epochs = RECIPES["plus"].epochs
     return [{"choice": row.name, "size": row.size, "precision": row.precision,
              "augment": row.augment, "fused_norm": row.fused_norm,
+             "teachers": len(row.teachers),
              "images_per_second": max(values), "median": statistics.median(values),
              "min": min(values), "samples": values,
              "minutes_per_run": epochs * images / max(values) / 60}
@@ -93,9 +94,10 @@ def measure(dataset: Dataset, rows: list[Choice], steps: int, repeats: int,
 
 def schedule_minutes(rows: list[dict], images: int, epochs: int) -> list[dict]:
     """Minutes of a run of `epochs` for each schedule whose sizes were all measured (float32,
-    augmented), validation left out."""
+    augmented, not distilled), validation left out."""
     rate = {row["size"]: row["images_per_second"] for row in rows
-            if row["precision"] == "float32" and row["augment"] and row["fused_norm"]}
+            if row["precision"] == "float32" and row["augment"] and row["fused_norm"]
+            and not row.get("teachers")}
     result = []
     for name, sizes in SCHEDULES.items():
         phases = size_phases(sizes, epochs, 150)

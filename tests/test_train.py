@@ -227,6 +227,7 @@ def test_schedule_minutes_follow_the_rows_of_their_sizes():
     rows = [{"size": size, "precision": "float32", "augment": True, "fused_norm": True,
              "images_per_second": rate} for size, rate in ((150, 20.0), (112, 40.0))]
     rows.append({**rows[0], "fused_norm": False, "images_per_second": 1.0})  # not a schedule's
+    rows.append({**rows[0], "teachers": 1, "images_per_second": 2.0})  # nor a distilled one
     schedules = {s["schedule"]: s["minutes"] for s in schedule_minutes(rows, 2000, 120)}
     assert schedules == {"every epoch at 150": 120 * 2000 / 20 / 60,
                          "3/4 at 112, then 150": (90 * 2000 / 40 + 30 * 2000 / 20) / 60}
@@ -250,3 +251,6 @@ def test_plus_throughput_benchmark_prints_rows_minutes_and_a_profile(real_data, 
             ("Dense", 0)} <= layers
     assert sum(layer["share"] for layer in report["layers"]) == pytest.approx(1.0)
     assert report["schedules"] == []  # no schedule is all at 64
+    distilled = report["rows"][-1]
+    assert distilled["teachers"] == 1 and distilled["minutes_per_run"] == pytest.approx(
+        120 * 2000 / distilled["images_per_second"] / 60)
