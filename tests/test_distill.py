@@ -91,3 +91,23 @@ def test_a_distilled_run_records_its_teachers_and_ships_the_student(real_data, s
     assert settings["teachers"] == [str(shipped.resolve() / "plus.keras")]
     model = keras.saving.load_model(out / "model.keras")
     assert model.name == "plus_convnet" and model.input_shape == (None, 150, 150, 3)
+
+
+def test_mixed_batches_of_three_classes_train_a_distilled_run(tmp_path):
+    """CutMix/MixUp shares are the classes' (3), not the training model's columns (3 + 3)."""
+    from edgeconv.train import trainer
+
+    keras.utils.set_random_seed(2)
+    build_plus_model(3, 0.0, (32, 32, 3)).save(tmp_path / "teacher3.keras")
+    recipe = with_settings(RECIPES["plus"], {"teachers": [str(tmp_path / "teacher3.keras")],
+                                             "mixup": 0.2, "cutmix": 1.0})
+    model = new_training_model(recipe, 3, "float32", seed=0, input_shape=(32, 32, 3),
+                               steps_per_epoch=3, epochs=1)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 32, 32, 3)).astype(np.uint8)
+    y = np.array([0, 1, 2] * 4, np.int32)
+    state = {"epoch": 0, "checkpoint": None, "history": {}, "train_seconds": 0.0}
+    trainer.fit(tmp_path, model, state, lambda size: (x, y), (x, y), recipe, 1, 4, 0,
+                verbose=0)
+    assert state["epoch"] == 1 and np.isfinite(state["history"]["loss"][0])
+    assert 0 <= state["history"]["val_accuracy"][0] <= 1

@@ -346,7 +346,7 @@ def fit(run_dir: Path, model: keras.Model, state: dict,
     """
     full = validation[0].shape[1]
     phases = size_phases(recipe.sizes, epochs, full)
-    mixing, outputs = None, model.output_shape[-1]
+    mixing, outputs = None, network_of(model).output_shape[-1]  # teachers add columns
     if recipe.mixup > 0 or recipe.cutmix > 0:
         mixing = (2 if outputs == 1 else outputs, recipe.mixup, recipe.cutmix)
     validation_batches = Batches(*validation, batch_size=64, multiple=devices, part=part)
