@@ -79,6 +79,21 @@ def test_teachers_and_their_weight_are_checked(teacher, tmp_path):
         with_settings(RECIPES["plus"], {"teachers": [str(teacher)], "distill": 0})
 
 
+def test_a_teacher_of_other_classes_is_a_one_line_error(real_data, shipped, tmp_path):
+    result = run_script("train/run.py", "--data", real_data, "--recipe", "plus", "--limit",
+                        "4", "--set", 'teachers=["models/augmented_int8.tflite"]', "--out",
+                        tmp_path / "bad")
+    assert result.returncode == 2 and "is not a .keras file" in result.stderr
+    keras.utils.set_random_seed(3)
+    build_plus_model(3, 0.0, (150, 150, 3)).save(tmp_path / "three.keras")
+    result = run_script("train/run.py", "--data", real_data, "--recipe", "plus", "--limit",
+                        "4", "--set", f'teachers=["{tmp_path / "three.keras"}"]', "--out",
+                        tmp_path / "run")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: teacher {tmp_path / 'three.keras'}: answers 3 columns, not the 1 of 2 classes")
+
+
 @pytest.mark.slow
 def test_a_distilled_run_records_its_teachers_and_ships_the_student(real_data, shipped,
                                                                     tmp_path):

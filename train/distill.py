@@ -15,6 +15,7 @@ from keras import ops
 
 from edgeconv.runtime.confidence import class_columns
 from edgeconv.train.augment import label_accuracy
+from edgeconv.train.dataset import DataError
 from edgeconv.train.model import any_size
 
 
@@ -31,8 +32,8 @@ class Teachers(keras.layers.Layer):
         for path in self.paths:
             model = keras.saving.load_model(path, compile=False)
             if model.output_shape[-1] not in (self.columns, self.columns + 1):
-                raise ValueError(f"teacher {path}: answers {model.output_shape[-1]} columns, "
-                                 f"not the {self.columns} of {num_classes} classes")
+                raise DataError(f"teacher {path}: answers {model.output_shape[-1]} columns, "
+                                f"not the {self.columns} of {num_classes} classes")
             with contextlib.suppress(ValueError):  # a Flatten teacher: its own size only
                 model = any_size(model)
             model.trainable = False
