@@ -126,3 +126,17 @@ def test_mixed_batches_of_three_classes_train_a_distilled_run(tmp_path):
                 verbose=0)
     assert state["epoch"] == 1 and np.isfinite(state["history"]["loss"][0])
     assert 0 <= state["history"]["val_accuracy"][0] <= 1
+
+
+def test_resuming_a_run_whose_teacher_is_gone_is_a_one_line_error(real_data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    gone = tmp_path / "gone.keras"
+    (run / "run.json").write_text(json.dumps({
+        "recipe": "plus", "settings": {"teachers": [str(gone)]}, "epochs": 2,
+        "data": str(real_data)}))
+    result = run_script("train/run.py", "--out", run, "--resume")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {run}: --set teachers=") and "gone.keras is not a .keras file" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -54,10 +54,9 @@ def find_member(given: Path) -> Member:
     return Member(given.stem, given, None)
 
 
-def resized(model, size: int, copy: bool = False):
-    """`model` taking size x size photos, the same weights; `model` itself at its own size
-    unless `copy`."""
-    if tuple(model.input_shape[1:3]) == (size, size) and not copy:
+def resized(model, size: int):
+    """`model` taking size x size photos, the same weights; `model` itself at its own size."""
+    if tuple(model.input_shape[1:3]) == (size, size):
         return model
     from edgeconv.train.model import any_size
 
@@ -126,8 +125,8 @@ def evaluate(members: list[Member], dataset, sizes: list[int], splits: list[str]
         truth = {}
         for member, model in zip(members, models):
             started, row = time.monotonic(), {"model": member.name, "size": size}
-            sized = resized(model, size, copy=recalibrated)  # cheap beside predicting
-            if recalibrated:
+            sized = resized(model, size)  # cheap beside predicting
+            if recalibrated:  # replaces every statistic: one size's leave the next's alone
                 recalibrate(sized, load_split(dataset, "train", (size, size))[0])
                 row["recalibrated"] = True
             for split in splits:

@@ -151,7 +151,10 @@ def plan(options: Options, previous: dict | None):
 
     recipe_name = options.recipe or previous.get("recipe") or "baseline"
     settings = options.settings or previous.get("settings") or {}
-    recipe = with_settings(RECIPES[recipe_name], settings)
+    try:  # a resumed run's settings are checked again: its teachers may have gone
+        recipe = with_settings(RECIPES[recipe_name], settings)
+    except ValueError as error:
+        raise DataError(f"{options.out}: {error}") from None
     data = resolve_data(options.data or (Path(previous["data"]) if previous else None))
     dataset = find_dataset(data, limit=chosen("limit"))
     import_keras()  # quietly, before train.model imports it: after the quick data errors

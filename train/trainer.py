@@ -292,16 +292,6 @@ def new_training_model(recipe: Recipe, num_classes: int, precision: str, seed: i
     if fused_norm and recipe.architecture != "seed":  # plus networks: the faster kernel
         build = functools.partial(build, norm_layer=FusedBatchNormalization)
     network = build(num_classes, recipe.dropout, input_shape, dtype=dtype)
-    if num_classes == 2:
-        loss = keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
-    else:
-        loss = SparseCrossentropy(label_smoothing=recipe.label_smoothing)
-    # Weighted, so that the zero-weight padding of a multi-device validation batch (Batches)
-    # does not count; without weights it is the plain accuracy.
-    # Mixed targets are shares, which Keras's accuracy compares for equality.
-    mixed = recipe.mixup > 0 or recipe.cutmix > 0
-    metric = keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy") if mixed \
-        else "accuracy"
     if recipe.teachers:
         from edgeconv.train.distill import DistillationLoss, student_accuracy, with_teachers
 
@@ -311,7 +301,17 @@ def new_training_model(recipe: Recipe, num_classes: int, precision: str, seed: i
         metric = keras.metrics.MeanMetricWrapper(student_accuracy, name="accuracy")
     else:
         model = keras.Sequential([*layers, network], name=f"train_{recipe.name}")
+        if num_classes == 2:
+            loss = keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
+        else:
+            loss = SparseCrossentropy(label_smoothing=recipe.label_smoothing)
+        # Mixed targets are shares, which Keras's accuracy compares for equality.
+        mixed = recipe.mixup > 0 or recipe.cutmix > 0
+        metric = keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy") if mixed \
+            else "accuracy"
     optimizer = new_optimizer(recipe, steps_per_epoch, epochs)
+    # Weighted, so that the zero-weight padding of a multi-device validation batch (Batches)
+    # does not count; without weights it is the plain accuracy.
     model.compile(optimizer=optimizer, loss=loss, weighted_metrics=[metric])
     return model
 
