@@ -6,22 +6,29 @@ round, rounds interleaved (the machine is shared: drifts fall on every row alike
 round (tracing, warm-up) is not counted. A row's figure is its fastest round, as timeit takes
 the fastest: a shared host's stalls only ever slow a round (median and slowest are shown too).
 It gives the minutes of a whole plus run at that choice, and the schedules' minutes follow
-from the rows of their sizes.
+from the rows of their sizes. The "system malloc" row trains in a process of its own (the
+CPU allocator is chosen once per process, train/__init__.py), driven round by round so that
+it interleaves with the others.
 `--profile` also times each layer's forward and backward pass at 150x150 (TensorFlow only).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
 
 from edgeconv.runtime.tables import markdown_table
-from edgeconv.train.dataset import Dataset, load_split
+from edgeconv.train.dataset import Dataset, find_dataset, load_split
 from edgeconv.train.recipes import RECIPES, Recipe, size_phases
 from edgeconv.train.trainer import BatchStream, new_training_model
 
@@ -31,6 +38,7 @@ SCHEDULES = {
     "3/4 at 112, then 150": [[112, 0.75], [150, 0.25]],
     "1/2 at 96, 3/10 at 128, then 150": [[96, 0.5], [128, 0.3], [150, 0.2]],
 }
+ANSWER = "edgeconv-row: "  # how the system-malloc row's process marks its answers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +49,12 @@ class Choice:
     augment: bool = True  # the recipe's augmentation and erasing layers
     fused_norm: bool = True  # BatchNorm's fused kernel in training (train.model)
     teachers: tuple[str, ...] = ()  # distillation's teachers (.keras files)
+    malloc: bool = False  # TensorFlow's tensors from the C library's malloc, not its own pool
+
+    @property
+    def plain(self) -> bool:
+        """The recipe as it trains, at this size and precision (a schedule's row)."""
+        return self.augment and self.fused_norm and not self.teachers and not self.malloc
 
     def recipe(self) -> Recipe:
         plus = dataclasses.replace(RECIPES["plus"], teachers=list(self.teachers) or None)
@@ -52,52 +66,96 @@ def choices(sizes: list[int], precisions: list[str],
     rows = [Choice(f"{precision} at {size}", size, precision)
             for precision in precisions for size in sizes]
     first = sizes[0], precisions[0]
-    rows[1:1] = [Choice(f"{first[1]} at {first[0]}, Keras's BatchNorm", *first, fused_norm=False),
+    rows[1:1] = [Choice(f"{first[1]} at {first[0]}, system malloc", *first, malloc=True),
+                 Choice(f"{first[1]} at {first[0]}, Keras's BatchNorm", *first, fused_norm=False),
                  Choice(f"{first[1]} at {first[0]}, no augmentation", *first, augment=False)]
     if teachers:
         name = f"{first[1]} at {first[0]}, distilled from {len(teachers)} " + (
             "teacher" if len(teachers) == 1 else "teachers")
-        rows.insert(3, Choice(name, *first, teachers=tuple(teachers)))
+        rows.insert(4, Choice(name, *first, teachers=tuple(teachers)))
     return rows
+
+
+def one_epoch(dataset: Dataset, row: Choice, steps: int, batch: int) -> Callable[[], float]:
+    """Build `row`'s training model here; returns a function that trains one epoch of `steps`
+    batches and gives its seconds."""
+    x, y = load_split(dataset, "train", (row.size, row.size))
+    x = np.array(x)  # in memory: rows time the training, not the page cache of a busy host
+    model = new_training_model(row.recipe(), len(dataset.classes), row.precision, seed=0,
+                               input_shape=(row.size, row.size, 3), steps_per_epoch=steps,
+                               epochs=1, fused_norm=row.fused_norm)
+    stream = BatchStream(x, y, batch, steps, seed=0)
+
+    def epoch() -> float:
+        started = time.perf_counter()
+        model.fit(stream, steps_per_epoch=steps, epochs=1, verbose=0)
+        return time.perf_counter() - started
+
+    return epoch
+
+
+class ChildRow:
+    """A row trained in a child process with the system allocator, one epoch per request."""
+
+    def __init__(self, dataset: Dataset, row: Choice, steps: int, batch: int):
+        request = {"data": str(dataset.root), "row": dataclasses.asdict(row), "steps": steps,
+                   "batch": batch}
+        env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "false"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edgeconv.benchmarks.train_plus", json.dumps(request)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.answer()  # built
+
+    def answer(self) -> str:
+        """The child's next answer (lines of its own start with ANSWER; others are skipped)."""
+        for line in self.process.stdout:
+            if line.startswith(ANSWER):
+                return line[len(ANSWER):]
+        raise RuntimeError(f"the system-malloc row's process ended (exit status "
+                           f"{self.process.wait()})")
+
+    def __call__(self) -> float:
+        self.process.stdin.write("epoch\n")
+        self.process.stdin.flush()
+        return float(self.answer())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def measure(dataset: Dataset, rows: list[Choice], steps: int, repeats: int,
             batch: int) -> list[dict]:
     """Images/s of each row (its fastest round), one epoch of `steps` batches per row per
     round."""
-    built = []
-    for row in rows:
-        x, y = load_split(dataset, "train", (row.size, row.size))
-        x = np.array(x)  # in memory: rows time the training, not the page cache of a busy host
-        model = new_training_model(row.recipe(), len(dataset.classes), row.precision, seed=0,
-                                   input_shape=(row.size, row.size, 3),
-                                   steps_per_epoch=steps, epochs=1,
-                                   fused_norm=row.fused_norm)
-        built.append((row, model, BatchStream(x, y, batch, steps, seed=0), len(x)))
+    epochs_of = [ChildRow(dataset, row, steps, batch) if row.malloc
+                 else one_epoch(dataset, row, steps, batch) for row in rows]
     rates: list[list[float]] = [[] for _ in rows]
     for round_number in range(repeats + 1):
-        for index, (_, model, stream, _) in enumerate(built):
-            started = time.perf_counter()
-            model.fit(stream, steps_per_epoch=steps, epochs=1, verbose=0)
+        for index, epoch in enumerate(epochs_of):
+            seconds = epoch()
             if round_number:
-                rates[index].append(steps * batch / (time.perf_counter() - started))
+                rates[index].append(steps * batch / seconds)
         print(f"round {round_number}/{repeats} done", file=sys.stderr, flush=True)
+    for epoch in epochs_of:
+        if isinstance(epoch, ChildRow):
+            epoch.close()
+    images = sum(dataset.counts("train"))
     epochs = RECIPES["plus"].epochs
     return [{"choice": row.name, "size": row.size, "precision": row.precision,
-             "augment": row.augment, "fused_norm": row.fused_norm,
-             "teachers": len(row.teachers),
+             "augment": row.augment, "fused_norm": row.fused_norm, "malloc": row.malloc,
+             "teachers": len(row.teachers), "plain": row.plain,
              "images_per_second": max(values), "median": statistics.median(values),
              "min": min(values), "samples": values,
              "minutes_per_run": epochs * images / max(values) / 60}
-            for (row, _, _, images), values in zip(built, rates)]
+            for row, values in zip(rows, rates)]
 
 
 def schedule_minutes(rows: list[dict], images: int, epochs: int) -> list[dict]:
     """Minutes of a run of `epochs` for each schedule whose sizes were all measured (float32,
     augmented, not distilled), validation left out."""
     rate = {row["size"]: row["images_per_second"] for row in rows
-            if row["precision"] == "float32" and row["augment"] and row["fused_norm"]
-            and not row.get("teachers")}
+            if row["precision"] == "float32" and row["plain"]}
     result = []
     for name, sizes in SCHEDULES.items():
         phases = size_phases(sizes, epochs, 150)
@@ -174,3 +232,17 @@ def report(rows: list[dict], schedules: list[dict], layers: list[dict] | None,
                                    f"{row['ms']:.1f}", f"{100 * row['share']:.0f}%"]
                                   for row in layers], left=2)]
     return "\n".join(lines)
+
+
+def child(request: dict) -> None:
+    """The system-malloc row's process: build the row, then one epoch per line on stdin."""
+    dataset = find_dataset(Path(request["data"]), splits=("train",))
+    row = Choice(**{**request["row"], "teachers": tuple(request["row"]["teachers"])})
+    epoch = one_epoch(dataset, row, request["steps"], request["batch"])
+    print(ANSWER + "built", flush=True)
+    for _ in sys.stdin:
+        print(ANSWER + str(epoch()), flush=True)
+
+
+if __name__ == "__main__":
+    child(json.loads(sys.argv[1]))
