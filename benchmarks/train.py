@@ -40,7 +40,7 @@ from edgeconv.train.dataset import DataError, find_dataset, load_split, resolve_
 from edgeconv.train.environment import environment  # noqa: E402
 from edgeconv.train.model import INPUT_SHAPE  # noqa: E402
 from edgeconv.train.recipes import RECIPES, teacher_files  # noqa: E402
-from edgeconv.train.trainer import BatchStream, new_training_model  # noqa: E402
+from edgeconv.train.trainer import BatchStream, keras_input, new_training_model  # noqa: E402
 
 BATCH = 32
 
@@ -80,7 +80,7 @@ def pipelines(data: Path, arrays, steps: int) -> dict[tuple[str, str], tuple]:
             recipe = dataclasses.replace(recipe, augment=None)
             source = book_generator(data)
         else:
-            source = BatchStream(*arrays, batch_size=BATCH, steps=steps, seed=0)
+            source = keras_input(BatchStream(*arrays, batch_size=BATCH, steps=steps, seed=0))
         model = new_training_model(recipe, 2, precision, seed=0, input_shape=INPUT_SHAPE,
                                    steps_per_epoch=steps, epochs=1)
         built[pipeline, precision] = (model, source)

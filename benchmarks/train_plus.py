@@ -30,7 +30,7 @@ import numpy as np
 from edgeconv.runtime.tables import markdown_table
 from edgeconv.train.dataset import Dataset, find_dataset, load_split
 from edgeconv.train.recipes import RECIPES, Recipe, size_phases
-from edgeconv.train.trainer import BatchStream, new_training_model
+from edgeconv.train.trainer import BatchStream, keras_input, new_training_model
 
 # Schedules whose minutes are worked out from the measured rows: name -> recipe.sizes.
 SCHEDULES = {
@@ -84,7 +84,7 @@ def one_epoch(dataset: Dataset, row: Choice, steps: int, batch: int) -> Callable
     model = new_training_model(row.recipe(), len(dataset.classes), row.precision, seed=0,
                                input_shape=(row.size, row.size, 3), steps_per_epoch=steps,
                                epochs=1, fused_norm=row.fused_norm)
-    stream = BatchStream(x, y, batch, steps, seed=0)
+    stream = keras_input(BatchStream(x, y, batch, steps, seed=0))
 
     def epoch() -> float:
         started = time.perf_counter()

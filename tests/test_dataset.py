@@ -99,3 +99,36 @@ def test_a_failed_decode_leaves_no_cache_file(tmp_path, monkeypatch):
     with pytest.raises(DataError):
         load_split(find_dataset(root), "train")
     assert list(cache.iterdir()) == []
+
+
+def test_training_feeds_each_epoch_its_own_batches_without_tf_data_autotuning():
+    # The epoch a stream yields is Keras's own count (a resumed run starts at its epoch), and
+    # the pipeline fit gets has no autotuner (whose sleeps held up every epoch's end).
+    from edgeconv.train.backend import import_keras
+    from edgeconv.train.trainer import BatchStream, EpochOfStream, keras_input
+
+    keras = import_keras()
+
+    class Recorded(BatchStream):
+        served: list = []
+
+        def __getitem__(self, index):
+            self.served.append((self.epoch, index))
+            return super().__getitem__(index)
+
+    images = np.arange(12 * 4 * 4 * 3, dtype=np.uint8).reshape(12, 4, 4, 3)
+    labels = np.arange(12, dtype=np.float32) % 2
+    stream = Recorded(images, labels, batch_size=4, steps=3, seed=0, start_epoch=1)
+    data = keras_input(stream)
+    if keras.backend.backend() == "tensorflow":
+        assert data.options().autotune.enabled is False
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    Recorded.served.clear()
+    model.fit(data, epochs=3, initial_epoch=1, shuffle=False, verbose=0,
+              callbacks=[EpochOfStream(stream)])
+    assert sorted(set(Recorded.served)) == [(epoch, index) for epoch in (1, 2)
+                                            for index in range(3)]
+    epochs = [epoch for epoch, _ in Recorded.served]
+    assert epochs == sorted(epochs)  # no pass of a later epoch drawn early

@@ -257,7 +257,7 @@ def compare_on_field(out: Path, metrics: dict, config: dict, dataset, added) -> 
     frames; the figures go into metrics.json under "field" and are printed."""
     import numpy as np
 
-    from edgeconv.train.trainer import Batches
+    from edgeconv.train.trainer import Batches, keras_input
 
     keras = import_keras()
     new = keras.saving.load_model(out / "model.keras", compile=False)
@@ -273,7 +273,7 @@ def compare_on_field(out: Path, metrics: dict, config: dict, dataset, added) -> 
         for name, model in models.items():
             if split in scores[name]:
                 continue
-            outputs = np.asarray(model.predict(Batches(images), verbose=0), np.float64)
+            outputs = np.asarray(model.predict(keras_input(Batches(images)), verbose=0), np.float64)
             scores[name][split] = round(accuracy(truth, decide(outputs[:, :columns])), 4)
     report = {**added.summary(), "accuracy": scores,
               "photos": {split: len(dataset.splits[split]) for split in splits}}
@@ -290,9 +290,9 @@ def predict_labels(model, images):
     record)."""
     import numpy as np
 
-    from edgeconv.train.trainer import Batches
+    from edgeconv.train.trainer import Batches, keras_input
 
-    return decide(np.asarray(model.predict(Batches(images), verbose=0), np.float64))
+    return decide(np.asarray(model.predict(keras_input(Batches(images)), verbose=0), np.float64))
 
 
 def finish(out: Path, model, state: dict, config: dict, recipe, dataset, validation_set,

@@ -26,8 +26,10 @@ class BatchStream(keras.utils.PyDataset):
 
     An epoch is `steps` batches, which need not line up with passes (the seed's augmented
     recipe draws 3,200 samples an epoch from 2,000 images). The stream depends only on the
-    seed and the epoch, so a resumed run sees the batches it would have seen. `part` (index,
-    count) of several processes training together yields that process's slice of each batch.
+    seed and the epoch, so a resumed run sees the batches it would have seen. `epoch` is the
+    one it yields, set by fit (EpochOfStream) from Keras's own count at each epoch's start.
+    `part` (index, count) of several processes training together yields that process's slice
+    of each batch.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, steps: int, seed: int,
@@ -52,9 +54,6 @@ class BatchStream(keras.utils.PyDataset):
             return self.x[chosen], self.y[chosen]
         rng = np.random.default_rng([self.seed, self.epoch, index, self.part[0], 1])
         return mix_batch(self.x[chosen], self.y[chosen], *self.mixing, rng)
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
 
     def _permutation(self, number: int) -> np.ndarray:
         if number not in self._permutations:
@@ -94,6 +93,50 @@ class Batches(keras.utils.PyDataset):
         mine = slice(self.part[0] * local, (self.part[0] + 1) * local)
         return (np.concatenate([x, x[-1:].repeat(padding, axis=0)])[mine],
                 np.concatenate([y, y[-1:].repeat(padding)])[mine], weights[mine])
+
+
+def keras_input(batches: keras.utils.PyDataset):
+    """`batches` as model.fit and predict should take them: on TensorFlow, a tf.data pipeline
+    without autotuning (on other backends, as they are).
+
+    Keras makes a PyDataset a tf.data pipeline with autotuned prefetching, whose tuner sleeps
+    in a background thread for up to 10.24 s at a time; the end of each epoch's pass waits
+    for it to wake, which left the CPU idle 4-5 s of every plus epoch. The pipeline here
+    prefetches two batches.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return batches
+    import tensorflow as tf
+
+    # The dimensions the first and last batch share are fixed (a known batch size is what
+    # lets several devices split each batch evenly), the others free.
+    signature = tuple(
+        tf.TensorSpec([a if a == b else None for a, b in zip(first.shape, last.shape)],
+                      tf.as_dtype(first.dtype))
+        for first, last in zip(batches[0], batches[len(batches) - 1]))
+
+    def one_pass():
+        for index in range(len(batches)):
+            yield batches[index]
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    dataset = tf.data.Dataset.from_generator(one_pass, output_signature=signature)
+    return (dataset.apply(tf.data.experimental.assert_cardinality(len(batches)))
+            .prefetch(2).with_options(options))
+
+
+class EpochOfStream(keras.callbacks.Callback):
+    """Point the stream at each epoch as it starts (initial_epoch on). Keras's own
+    on_epoch_end calls are no count to rely on: the adapter of a PyDataset makes one before
+    the first epoch, and a multi-device pipeline may draw a pass ahead."""
+
+    def __init__(self, stream: BatchStream):
+        super().__init__()
+        self.stream = stream
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.stream.epoch = epoch
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -366,14 +409,14 @@ def fit(run_dir: Path, model: keras.Model, state: dict,
         stream = BatchStream(x, y, batch_size, steps, seed, start_epoch=state["epoch"],
                              part=part, mixing=mixing)
         model.fit(
-            stream,
+            keras_input(stream),
             epochs=end,
             initial_epoch=state["epoch"],
             # The stream is shuffled already; Keras's own shuffle of the batch order would
             # draw from Python's global random state, which a multi-device start draws from.
             shuffle=False,
-            validation_data=validation_batches,
-            callbacks=[AveragedValidation(), Checkpointer(run_dir, state),
+            validation_data=keras_input(validation_batches),
+            callbacks=[EpochOfStream(stream), AveragedValidation(), Checkpointer(run_dir, state),
                        Estimate(steps, epochs - state["epoch"], batch_size,
                                 len(validation[0]), work, (full / size) ** 2)],
             verbose=verbose,
