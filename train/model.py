@@ -55,7 +55,7 @@ BN_MOMENTUM = 0.9
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """BatchNormalization whose training steps run TensorFlow's fused kernel: one pass forward
     and one back instead of Keras's separate moments and arithmetic; a plus training step is
-    about 1.1x faster on a CPU (benchmarks/train.py --recipe plus). The same weights and updates
+    a few percent faster on a CPU (benchmarks/train.py --recipe plus). The same weights and updates
     of the moving statistics, so an inference network of plain BatchNormalization layers
     takes its weights unchanged. Other backends, precisions and inference run Keras's own.
     """
