@@ -153,7 +153,7 @@ def measure(dataset: Dataset, rows: list[Choice], steps: int, repeats: int,
 
 def schedule_minutes(rows: list[dict], images: int, epochs: int) -> list[dict]:
     """Minutes of a run of `epochs` for each schedule whose sizes were all measured (float32,
-    augmented, not distilled), validation left out."""
+    plain rows: the recipe as it trains), validation left out."""
     rate = {row["size"]: row["images_per_second"] for row in rows
             if row["precision"] == "float32" and row["plain"]}
     result = []
