@@ -4,8 +4,9 @@ import os
 
 # TensorFlow's CPU tensors come from the C library's malloc unless this is set: glibc maps
 # and unmaps every buffer over 32 MB, so each training step page-faults its activations in
-# afresh (a third of a plus run's CPU time went to the kernel). TensorFlow's own pooling
-# allocator keeps them: 1.5x the images/s of a plus run on a 2-core AVX2 CPU, the same peak
-# memory (`python benchmarks/train.py --recipe plus`, its "system malloc" row). Read when the
-# first tensor is made, so it works here even after TensorFlow is imported.
+# afresh. TensorFlow's own pooling allocator keeps them: 1.5x the images/s of a plus run on a
+# 2-core AVX2 CPU (`python benchmarks/train.py --recipe plus`, its "system malloc" row), for
+# about 20% more peak memory (docs/training.md); TF_CPU_ALLOCATOR_USE_BFC=false in the
+# environment keeps malloc. Read when the first tensor is made, so it works here even after
+# TensorFlow is imported.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")

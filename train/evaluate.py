@@ -89,9 +89,9 @@ def recalibrate(model, images: np.ndarray, batch_size: int = 64) -> int:
 def probabilities(model, images: np.ndarray, columns: int) -> np.ndarray:
     """The model's class columns for uint8 images, float64 [N, columns] (a none column, if
     the model has one, left out)."""
-    from edgeconv.train.trainer import Batches, keras_input
+    from edgeconv.train.trainer import predictions
 
-    outputs = np.asarray(model.predict(keras_input(Batches(images)), verbose=0), np.float64)
+    outputs = predictions(model, images)
     return outputs.reshape(len(images), -1)[:, :columns]
 
 

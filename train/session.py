@@ -255,9 +255,7 @@ def start_from(network, path: Path) -> None:
 def compare_on_field(out: Path, metrics: dict, config: dict, dataset, added) -> dict:
     """Score the new model, and the --init one, on the test split and the held-out field
     frames; the figures go into metrics.json under "field" and are printed."""
-    import numpy as np
-
-    from edgeconv.train.trainer import Batches, keras_input
+    from edgeconv.train.trainer import predictions
 
     keras = import_keras()
     new = keras.saving.load_model(out / "model.keras", compile=False)
@@ -273,7 +271,7 @@ def compare_on_field(out: Path, metrics: dict, config: dict, dataset, added) -> 
         for name, model in models.items():
             if split in scores[name]:
                 continue
-            outputs = np.asarray(model.predict(keras_input(Batches(images)), verbose=0), np.float64)
+            outputs = predictions(model, images)
             scores[name][split] = round(accuracy(truth, decide(outputs[:, :columns])), 4)
     report = {**added.summary(), "accuracy": scores,
               "photos": {split: len(dataset.splits[split]) for split in splits}}
@@ -288,11 +286,9 @@ def compare_on_field(out: Path, metrics: dict, config: dict, dataset, added) -> 
 def predict_labels(model, images):
     """Class indices the Keras model gives uint8 images (argmax; a sigmoid at 0.5, as exports
     record)."""
-    import numpy as np
+    from edgeconv.train.trainer import predictions
 
-    from edgeconv.train.trainer import Batches, keras_input
-
-    return decide(np.asarray(model.predict(keras_input(Batches(images)), verbose=0), np.float64))
+    return decide(predictions(model, images))
 
 
 def finish(out: Path, model, state: dict, config: dict, recipe, dataset, validation_set,

@@ -126,6 +126,11 @@ def keras_input(batches: keras.utils.PyDataset):
             .prefetch(2).with_options(options))
 
 
+def predictions(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """The model's outputs for uint8 `images`, in batches of 64, as float64."""
+    return np.asarray(model.predict(keras_input(Batches(images)), verbose=0), np.float64)
+
+
 class EpochOfStream(keras.callbacks.Callback):
     """Point the stream at each epoch as it starts (initial_epoch on). Keras's own
     on_epoch_end calls are no count to rely on: the adapter of a PyDataset makes one before
