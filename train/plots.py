@@ -28,7 +28,8 @@ def draw_curves(axes_pair, history: dict, title: str = "") -> None:
     epochs = range(1, len(history.get("loss", [])) + 1)
     for axes, key in zip(axes_pair, ("accuracy", "loss")):
         axes.plot(epochs, history.get(key, []), "bo", markersize=3, label=f"training {key}")
-        axes.plot(epochs, history.get(f"val_{key}", []), "b", label=f"validation {key}")
+        axes.plot(history.get("val_epochs", epochs), history.get(f"val_{key}", []), "b",
+                  label=f"validation {key}")
         axes.set_xlabel("epoch")
         axes.set_title(f"{title}: {key}" if title else f"training and validation {key}")
         axes.legend()

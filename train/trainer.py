@@ -170,9 +170,13 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.state["train_seconds"] += time.monotonic() - self.started
-        for key, value in (logs or {}).items():
-            self.state["history"].setdefault(key, []).append(float(value))
-        self.state["history"].setdefault("step_loss", []).extend(self.step_losses)
+        history, logs = self.state["history"], logs or {}
+        if "val_loss" in logs:  # a phase at a smaller size validates at its end only
+            history.setdefault("val_epochs", list(range(1, len(history.get("val_loss", [])) + 1)))
+            history["val_epochs"].append(epoch + 1)
+        for key, value in logs.items():
+            history.setdefault(key, []).append(float(value))
+        history.setdefault("step_loss", []).extend(self.step_losses)
         name = f"checkpoint-{epoch + 1:03d}.keras"
         try:
             with atomic_path(self.run_dir / name) as tmp:
@@ -211,10 +215,12 @@ class Estimate(keras.callbacks.Callback):
     TIMED_STEPS = 5
 
     def __init__(self, steps: int, epochs: int, batch_size: int, validation_images: int,
-                 work: float | None = None, validation_cost: float = 1.0):
+                 work: float | None = None, validation_cost: float = 1.0,
+                 validations: int | None = None):
         super().__init__()
         self.steps, self.epochs, self.batch_size = steps, epochs, batch_size
         self.work = epochs if work is None else work
+        self.validations = epochs if validations is None else validations
         self.validation_images = validation_images * validation_cost
         self.last = min(self.TIMED_STEPS, steps - 1)  # a one-step epoch is never long
         self.started, self.done = 0.0, False
@@ -228,7 +234,7 @@ class Estimate(keras.callbacks.Callback):
             per_step = (time.monotonic() - self.started) / batch
             epoch = self.steps * per_step
             validation = self.validation_images / self.batch_size / 3 * per_step
-            total = self.work * epoch + self.epochs * validation
+            total = self.work * epoch + self.validations * validation
             print(f"\nexpected: about {duration(total)} for {plural(self.epochs, 'epoch')}, "
                   f"{duration(epoch + validation)} each at this size "
                   f"({self.batch_size / per_step:.0f} images/s); Ctrl-C keeps every whole "
@@ -388,7 +394,9 @@ def fit(run_dir: Path, model: keras.Model, state: dict,
     """Train from state["epoch"] to `epochs`, checkpointing each epoch into run_dir.
 
     train_at(size) gives the training split at size x size; the recipe's progressive resizing
-    (recipe.sizes) trains one phase per size, validation stays at its own size. With several
+    (recipe.sizes) trains one phase per size, validation stays at its own size and a phase
+    at a smaller size validates only at its end: there BatchNorm's statistics are the small
+    photos', so validation reads far low and cannot choose a best epoch. With several
     devices, call it inside their scope (train.distribute); with several processes, each passes
     its `part` (index, count) and feeds its slice of every batch.
     """
@@ -399,7 +407,11 @@ def fit(run_dir: Path, model: keras.Model, state: dict,
         mixing = (2 if outputs == 1 else outputs, recipe.mixup, recipe.cutmix)
     validation_batches = Batches(*validation, batch_size=64, multiple=devices, part=part)
     starts = [0] + [end for end, _ in phases]
-    for first, (end, size) in zip(starts, phases):
+    every_epoch = [size == full or end == epochs for end, size in phases]
+    validations = sum(end - max(begin, state["epoch"]) if every else 1
+                      for begin, (end, _), every in zip(starts, phases, every_epoch)
+                      if end > state["epoch"])
+    for first, (end, size), every in zip(starts, phases, every_epoch):
         if state["epoch"] >= end:
             continue
         x, y = train_at(size)
@@ -421,9 +433,10 @@ def fit(run_dir: Path, model: keras.Model, state: dict,
             # draw from Python's global random state, which a multi-device start draws from.
             shuffle=False,
             validation_data=keras_input(validation_batches),
+            validation_freq=1 if every else end,  # end: this phase's last epoch only
             callbacks=[EpochOfStream(stream), AveragedValidation(), Checkpointer(run_dir, state),
                        Estimate(steps, epochs - state["epoch"], batch_size,
-                                len(validation[0]), work, (full / size) ** 2)],
+                                len(validation[0]), work, (full / size) ** 2, validations)],
             verbose=verbose,
         )
 
