@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from conftest import REPO, as_from_a_terminal, onnx_with_output, run_script
 from PIL import Image
 
@@ -175,6 +176,7 @@ def test_a_models_own_min_score_is_its_default(shipped, tmp_path):
         Classifier(shipped / "plus_int8.onnx").predict(photo).label
 
 
+@pytest.mark.slow
 def test_eval_prints_accuracy_and_confusion_that_match_the_lines(shipped, real_data):
     result = run_script("runtime/classify", shipped / "plus_int8.tflite", real_data / "test",
                         "--eval", "--json")

@@ -41,6 +41,7 @@ def teacher(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_a_student_learns_the_frozen_teachers_answer_on_its_own_batch(teacher, tmp_path):
     recipe = with_settings(RECIPES["plus"], {"teachers": [str(teacher)], "distill": 1.0,
                                              "dropout": 0.0, "augment": None, "erasing": 0.0,
@@ -79,6 +80,7 @@ def test_teachers_and_their_weight_are_checked(teacher, tmp_path):
         with_settings(RECIPES["plus"], {"teachers": [str(teacher)], "distill": 0})
 
 
+@pytest.mark.slow
 def test_a_teacher_of_other_classes_is_a_one_line_error(real_data, shipped, tmp_path):
     result = run_script("train/run.py", "--data", real_data, "--recipe", "plus", "--limit",
                         "4", "--set", 'teachers=["models/augmented_int8.tflite"]', "--out",
@@ -108,6 +110,7 @@ def test_a_distilled_run_records_its_teachers_and_ships_the_student(real_data, s
     assert model.name == "plus_convnet" and model.input_shape == (None, 150, 150, 3)
 
 
+@pytest.mark.slow
 def test_mixed_batches_of_three_classes_train_a_distilled_run(tmp_path):
     """CutMix/MixUp shares are the classes' (3), not the training model's columns (3 + 3)."""
     from edgeconv.train import trainer

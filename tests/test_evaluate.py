@@ -31,6 +31,7 @@ def scored(capsys, *args) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_an_ensemble_averages_its_members_probabilities(real_data, shipped, tmp_path, capsys):
     import keras
 

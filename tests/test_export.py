@@ -134,6 +134,7 @@ def test_truncated_or_foreign_artifacts_are_refused(exported, tmp_path):
     assert result.returncode == 2 and "truncated or corrupt" in result.stderr
 
 
+@pytest.mark.slow
 def test_all_exports_what_is_missing_then_nothing(tiny_run, few_photos, tmp_path):
     wanted = "TFLite float32,TFLite int8,ONNX float32,ONNX int8"
     first = run_script("export/all.py", tiny_run, "--formats", wanted)

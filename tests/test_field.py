@@ -196,6 +196,7 @@ def untrained_tflite(tiny_run, tmp_path_factory) -> Path:
     return model
 
 
+@pytest.mark.slow
 def test_ten_thousand_near_identical_unsure_frames_stay_within_the_bounds(untrained_tflite,
                                                                         real_data, tmp_path):
     photos = sorted((real_data / "test" / "cats").iterdir())[:1]

@@ -345,6 +345,7 @@ def test_rollback_puts_the_previous_model_back_everywhere(fleet, fleet_on_plus):
     assert set(fleet.current().values()) == {sha256(PLUS)}
 
 
+@pytest.mark.system
 def test_a_code_update_over_root_owned_bytecode_keeps_the_host_working(fleet, fleet_on_plus):
     host = "fleet-1"
     folder = fleet.devices[host].home / "edgeconv"

@@ -19,6 +19,7 @@ def export(run_dir, script, *args):
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+@pytest.mark.slow
 def test_layer_report_ranks_every_layer_worst_first(tiny_run, tmp_path, fmt):
     report = tmp_path / "layers.md"
     result = run_script("export/layers.py", tiny_run, "--format", fmt, "--images", "8",
@@ -42,6 +43,7 @@ def tiny_int8(tiny_run, tmp_path_factory):
 
 
 @pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
+@pytest.mark.slow
 def test_golden_self_test_passes_here_and_refuses_another_models_weights(tiny_int8, shipped,
                                                                          tmp_path, suffix):
     own = tiny_int8 / f"tiny{suffix}"

@@ -47,6 +47,7 @@ def test_every_shipped_file_matches_its_card_and_its_keras_model(shipped):
     assert (shipped / "plus_int8.tflite").stat().st_size < 1_200_000
 
 
+@pytest.mark.slow
 def test_classify_eval_gives_exactly_the_accuracy_on_each_card(shipped, real_data):
     files = int8_files(shipped)
     assert {file["file"] for _, file in files} >= {"plus_int8.tflite", "plus_int8.onnx"}

@@ -60,6 +60,7 @@ def test_smoothed_sparse_crossentropy_matches_the_one_hot_formula():
 
 
 @pytest.mark.parametrize("classes", [2, 4])
+@pytest.mark.slow
 def test_plus_training_model_updates_every_trainable_weight(classes):
     model = new_training_model(RECIPES["plus"], classes, "float32", seed=0,
                                input_shape=(48, 48, 3), steps_per_epoch=10, epochs=2)
@@ -108,6 +109,7 @@ def test_progressive_sizes_are_checked_and_split_the_epochs():
         with_settings(RECIPES["plus"], {"mixup": -1})
 
 
+@pytest.mark.slow
 def test_a_progressive_training_model_takes_every_size_and_hands_its_weights_on():
     recipe = with_settings(RECIPES["plus"], {"sizes": [[64, 0.5], [96, 0.5]]})
     model = new_training_model(recipe, 2, "float32", seed=0, input_shape=(96, 96, 3),
@@ -135,6 +137,7 @@ def test_crossentropy_takes_mixed_targets_as_class_shares(classes):
             -np.mean([0.3 * np.log(0.4) + 0.7 * np.log(0.6), np.log(0.9)]), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_weight_averages_are_validated_saved_and_shipped_while_training_goes_on(tmp_path):
     recipe = with_settings(RECIPES["plus"], {"ema": 0.9, "dropout": 0.0})
     model = new_training_model(recipe, 2, "float32", seed=0, input_shape=(32, 32, 3),

@@ -81,6 +81,7 @@ def start_and_wait_for_first_epoch(args: list) -> subprocess.Popen:
     return process
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_with_the_resume_command(real_data, tmp_path):
     out = tmp_path / "interrupted"
     args = ["--data", real_data, "--limit", "50", "--epochs", "5", "--batch-size", "8",
@@ -262,6 +263,7 @@ def test_plus_throughput_benchmark_prints_rows_minutes_and_a_profile(real_data, 
 
 
 @pytest.mark.parametrize("setting, pooled", [(None, True), ("false", False)])
+@pytest.mark.slow
 def test_training_takes_tensorflows_pooling_cpu_allocator_unless_told_otherwise(
         setting, pooled):
     # The pool is what makes a plus step 1.7x faster (benchmarks/train.py's "system malloc"
