@@ -167,9 +167,11 @@ def compare(name: str, classifier: Classifier, found: Parity, outputs: np.ndarra
 
 
 def check(source: Source, artifacts: list[Path], photos: Path,
-          gates: dict[str, Gate] = GATES, plots: Path | None = None) -> Parity:
-    """Score Keras and every artifact on the images under `photos`; scatter plots go to
-    `plots` when given. Raises ExportError, ModelFileError or EngineError for bad input."""
+          gates: dict[str, Gate] = GATES, plots: Path | None = None,
+          limit: int | None = None) -> Parity:
+    """Score Keras and every artifact on the images under `photos` (the first `limit` of
+    each class when given); scatter plots go to `plots` when given. Raises ExportError,
+    ModelFileError or EngineError for bad input."""
     if not photos.is_dir():
         raise ExportError(f"{photos}: data folder not found")
     classifiers = {path: Classifier(path) for path in artifacts}  # fail fast
@@ -177,6 +179,10 @@ def check(source: Source, artifacts: list[Path], photos: Path,
     labels = source.run.get("classes") or next(
         (classifier.labels for classifier in classifiers.values()), source.labels)
     files, truth = labelled_images(photos, labels)
+    if limit is not None:
+        kept = [index for index, label in enumerate(truth)
+                if (truth[:index] == label).sum() < limit]
+        files, truth = [files[index] for index in kept], truth[kept]
     if not files:
         raise ExportError(f"{photos}: no images")
     reference, skipped = model_outputs(files, source.input_size, source.predict, BATCH,

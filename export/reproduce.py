@@ -198,7 +198,7 @@ def reproduce(args: argparse.Namespace, recipes: list[str], seeds: list[int],
         if RECIPES[recipe].augment is None:
             continue  # the overfitting baseline is a reference point, not a model to deploy
         best = Path(max(runs, key=lambda run: run["val_accuracy"])["run_dir"])
-        checked[best] = ship.export_and_check(best, data / "test")
+        checked[best] = ship.export_and_check(best, data / "test", limit=args.limit)
     if args.models:
         ship.ship_runs(checked, args.models)
     exported = {json.loads((run / "run.json").read_text())["recipe"]: {

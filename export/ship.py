@@ -74,10 +74,10 @@ def sha256(path: Path) -> str:
 
 
 def export_and_check(run_dir: Path, photos: Path | None = None,
-                     budget: float | None = None) -> list[dict]:
+                     budget: float | None = None, limit: int | None = None) -> list[dict]:
     """int8 TFLite + int8 ONNX of a run (exported if missing, within `budget` if given) and
-    their parity rows on `photos` (default: the run's test split); also written to
-    RUN_DIR/parity.json."""
+    their parity rows on `photos` (default: the run's test split; its first `limit` photos
+    of each class when given); also written to RUN_DIR/parity.json."""
     source = Source(run_dir)
     photos = photos or source.data_split("test")
     if photos is None:
@@ -87,7 +87,7 @@ def export_and_check(run_dir: Path, photos: Path | None = None,
     if failed:
         raise ExportError(f"{run_dir}: {failed[0].format.name} export failed: "
                           f"{failed[0].error}")
-    found = parity.check(source, [outcome.path for outcome in outcomes], photos)
+    found = parity.check(source, [outcome.path for outcome in outcomes], photos, limit=limit)
     write_json(run_dir / "parity.json", {"reference": str(source.path), "data": str(photos),
                                          "images": len(found.files),
                                          "machine": parity.machine(), "artifacts": found.rows})

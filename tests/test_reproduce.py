@@ -24,6 +24,7 @@ def test_reproduce_writes_results_and_skips_finished_runs(real_data, tmp_path):
     assert list(numbers["exported"]) == ["augmented"]  # the baseline is not deployed
     parity = numbers["exported"]["augmented"]["parity"]
     assert {row["artifact"] for row in parity} == {"model_int8.tflite", "model_int8.onnx"}
+    assert all(row["images"] == 2 * 20 for row in parity)  # --limit holds for the test split too
     text = (docs / "results.md").read_text()
     assert "| baseline | 1 |" in text and "| augmented | 1 |" in text
     assert "--recipes baseline,augmented --seeds 0,1 --epochs 1 --limit 20" in text
