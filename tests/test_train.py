@@ -164,6 +164,28 @@ def test_usage_errors_are_one_line_with_exit_2(real_data, tmp_path, args, messag
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_bad_training_photo_is_a_one_line_error_before_keras_starts(real_data, tmp_path):
+    dataset = tmp_path / "photos"
+    for split in ("train", "validation", "test"):
+        for label in ("cats", "dogs"):
+            (dataset / split / label).mkdir(parents=True)
+            for photo in sorted((real_data / "train" / label).iterdir())[:2]:
+                (dataset / split / label / photo.name).symlink_to(photo)
+    (dataset / "train" / "dogs" / "dog.bad.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    # Any import of Keras or TensorFlow now fails: the error must come first.
+    script = ("import sys; sys.modules['keras'] = sys.modules['tensorflow'] = None\n"
+              "sys.argv[0] = 'train/run.py'\n"
+              "from edgeconv.train.run import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", script, "--data", str(dataset), "--out",
+                             str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {dataset / 'train/dogs/dog.bad.jpg'}: not an image; remove it from the "
+        "train split (train/prepare_data.py filters bad files)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_default_data_prints_the_prepare_command(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "EDGECONV_DATA"}
     result = subprocess.run([sys.executable, str(REPO / "train/run.py"), "--out", "run"],

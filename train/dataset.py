@@ -24,6 +24,7 @@ from edgeconv.common.files import atomic_path
 from edgeconv.runtime.preprocess import ImageError, list_images, load_image
 from edgeconv.runtime.progress import progress
 
+INPUT_SHAPE = (150, 150, 3)  # height, width, channels every recipe trains on
 SPLITS = ("train", "validation", "test")
 DEFAULT_DATA = Path("data/cats_and_dogs_small")
 PREPARE_COMMAND = "python train/prepare_data.py --download --out data/cats_and_dogs_small"
@@ -123,7 +124,7 @@ def find_dataset(
 
 
 def load_split(
-    dataset: Dataset, split: str, size: tuple[int, int] = (150, 150)
+    dataset: Dataset, split: str, size: tuple[int, int] = INPUT_SHAPE[:2]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (images uint8 [N, h, w, 3], labels int32 [N]) for one split, decoded once.
 

@@ -15,7 +15,7 @@ import functools
 
 import keras
 
-INPUT_SHAPE = (150, 150, 3)
+from edgeconv.train.dataset import INPUT_SHAPE  # the size the photos are decoded at
 
 
 def build_model(

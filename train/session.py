@@ -19,7 +19,14 @@ from edgeconv.runtime.confidence import class_columns
 from edgeconv.runtime.evaluate import accuracy, confusion_matrix, decide
 from edgeconv.runtime.text import plural
 from edgeconv.train.backend import import_keras
-from edgeconv.train.dataset import DataError, dataset_digest, find_dataset, load_split, resolve_data
+from edgeconv.train.dataset import (
+    INPUT_SHAPE,
+    DataError,
+    dataset_digest,
+    find_dataset,
+    load_split,
+    resolve_data,
+)
 from edgeconv.train.field import add_field
 from edgeconv.train.recipes import RECIPES, with_settings
 
@@ -52,7 +59,7 @@ class Options:
 def train(options: Options) -> int:
     """Train (or resume) the run in options.out; 0 when finished, 130 when interrupted."""
     previous = previous_run(options.out, options.resume)
-    config, recipe, dataset, devices = plan(options, previous)
+    config, recipe, dataset = plan(options, previous)
     added = None
     if config["field"]:  # after the checks on --out: the frames are unpacked into it
         dataset, added = add_field(dataset, [Path(p) for p in config["field"]], options.out)
@@ -71,6 +78,7 @@ def train(options: Options) -> int:
               f"split, {sum(map(len, added.heldout.values()))} held out (the field split), "
               f"{added.none} labelled none not used")
     train_set, validation_set = load_split(dataset, "train"), load_split(dataset, "validation")
+    devices = start_backend(options, config)  # after the photos: a bad one is a quick error
 
     def train_at(size: int):  # progressive resizing's smaller copies are cached like it
         full = train_set[0].shape[1]
@@ -141,8 +149,9 @@ def previous_run(out: Path, resume: bool) -> dict | None:
 
 
 def plan(options: Options, previous: dict | None):
-    """(config, recipe, dataset, devices): the options, filled from the previous run, then
-    defaults. The devices are not part of the run: it may resume on others."""
+    """(config, recipe, dataset): the options, filled from the previous run, then defaults;
+    Keras is not started yet (a fresh run's automatic precision is left None for
+    start_backend)."""
     previous = previous or {}
 
     def chosen(name: str, default=None):
@@ -157,19 +166,9 @@ def plan(options: Options, previous: dict | None):
         raise DataError(f"{options.out}: {error}") from None
     data = resolve_data(options.data or (Path(previous["data"]) if previous else None))
     dataset = find_dataset(data, limit=chosen("limit"))
-    import_keras()  # quietly, before train.model imports it: after the quick data errors
-    from edgeconv.train.distribute import choose_devices, join_processes
-    from edgeconv.train.model import INPUT_SHAPE
-
-    if options.processes > 1:
-        join_processes(options.coordinator, options.processes, options.process_id)
-    devices = choose_devices(options.devices)  # before anything starts the backend
-
     precision = options.precision
     if precision == "auto":
-        from edgeconv.train.environment import auto_precision
-
-        precision = previous.get("precision") or auto_precision()
+        precision = previous.get("precision")
     config = {
         "recipe": recipe.name,
         "settings": settings or None,
@@ -188,11 +187,27 @@ def plan(options: Options, previous: dict | None):
         if previous and key != "epochs" and previous.get(key) != value:
             raise DataError(f"{options.out}: holds a different run ({key} "
                             f"{previous.get(key)!r}, not {value!r}); choose another --out")
+    return config, recipe, dataset
+
+
+def start_backend(options: Options, config: dict):
+    """Start Keras's backend and choose the devices (not part of the run: it may resume on
+    others); fills a fresh run's automatic precision."""
+    import_keras()  # quietly, before train.model imports it
+    from edgeconv.train.distribute import choose_devices, join_processes
+
+    if options.processes > 1:
+        join_processes(options.coordinator, options.processes, options.process_id)
+    devices = choose_devices(options.devices)  # before anything starts the backend
+    if config["precision"] is None:
+        from edgeconv.train.environment import auto_precision
+
+        config["precision"] = auto_precision()
     if config["batch_size"] % devices.count:
         raise DataError(f"batch {config['batch_size']} does not split evenly over "
                         f"{devices.count} devices; pass a --batch-size that is a multiple of "
                         f"{devices.count}")
-    return config, recipe, dataset, devices
+    return devices
 
 
 def start_or_resume(out: Path, config: dict, recipe, steps: int, resumed: bool):
