@@ -163,3 +163,19 @@ def test_weight_averages_are_validated_saved_and_shipped_while_training_goes_on(
         np.testing.assert_array_equal(weight.numpy(), average)
     with pytest.raises(ValueError, match="made by the adamw optimizer"):
         with_settings(RECIPES["augmented"], {"ema": 0.99})
+
+
+@pytest.mark.parametrize("validations, total, each", [(120, "4.8 h", "2.4 min"),
+                                                      (31, "4.3 h", "2.1 min")])
+def test_the_time_estimate_counts_only_the_validations_left(monkeypatch, capsys, validations,
+                                                            total, each):
+    from edgeconv.train import trainer
+
+    clock = iter([0.0, 10.0])  # five timed steps of 2 s
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: next(clock))
+    estimate = trainer.Estimate(62, 120, 32, 1000, validations=validations)
+    for batch in range(6):
+        estimate.on_train_batch_end(batch)
+    # an epoch: 62 steps x 2 s = 124 s; a validation: 1000 photos / 32 / 3 x 2 s = 20.8 s
+    assert f"expected: about {total} for 120 epochs, {each} each at this size (16 images/s)" \
+        in capsys.readouterr().out

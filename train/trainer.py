@@ -209,7 +209,8 @@ class Estimate(keras.callbacks.Callback):
     The first step is left out (it builds and compiles the model); validation is counted as
     a third of a training step per batch of photos (a forward pass against forward and back),
     times `validation_cost`, its photos' pixels over the training photos'. With progressive
-    resizing, `work` counts the epochs left in epochs of this size (by their pixels).
+    resizing, `work` counts the epochs left in epochs of this size (by their pixels) and
+    `validations` the validations left (a smaller phase validates at its end only).
     """
 
     TIMED_STEPS = 5
@@ -235,8 +236,9 @@ class Estimate(keras.callbacks.Callback):
             epoch = self.steps * per_step
             validation = self.validation_images / self.batch_size / 3 * per_step
             total = self.work * epoch + self.validations * validation
+            each = epoch + (validation if self.validations >= self.epochs else 0)
             print(f"\nexpected: about {duration(total)} for {plural(self.epochs, 'epoch')}, "
-                  f"{duration(epoch + validation)} each at this size "
+                  f"{duration(each)} each at this size "
                   f"({self.batch_size / per_step:.0f} images/s); Ctrl-C keeps every whole "
                   "epoch, and --resume --epochs N then ends the run early with its best one",
                   flush=True)
