@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -166,6 +167,18 @@ def compare(name: str, classifier: Classifier, found: Parity, outputs: np.ndarra
             "failures": failures, "cause": cause}
 
 
+def first_of_each_class(files: list[Path], truth: np.ndarray,
+                        limit: int) -> tuple[list[Path], np.ndarray]:
+    """The first `limit` files of each class (in one pass: a folder may be large)."""
+    seen: Counter = Counter()
+    kept = []
+    for index, label in enumerate(truth.tolist()):
+        seen[label] += 1
+        if seen[label] <= limit:
+            kept.append(index)
+    return [files[index] for index in kept], truth[kept]
+
+
 def check(source: Source, artifacts: list[Path], photos: Path,
           gates: dict[str, Gate] = GATES, plots: Path | None = None,
           limit: int | None = None) -> Parity:
@@ -180,9 +193,7 @@ def check(source: Source, artifacts: list[Path], photos: Path,
         (classifier.labels for classifier in classifiers.values()), source.labels)
     files, truth = labelled_images(photos, labels)
     if limit is not None:
-        kept = [index for index, label in enumerate(truth)
-                if (truth[:index] == label).sum() < limit]
-        files, truth = [files[index] for index in kept], truth[kept]
+        files, truth = first_of_each_class(files, truth, limit)
     if not files:
         raise ExportError(f"{photos}: no images")
     reference, skipped = model_outputs(files, source.input_size, source.predict, BATCH,

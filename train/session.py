@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeconv.common.files import atomic_path, remove_partial_files, write_json
 from edgeconv.runtime.confidence import class_columns
@@ -29,6 +30,9 @@ from edgeconv.train.dataset import (
 )
 from edgeconv.train.field import add_field
 from edgeconv.train.recipes import RECIPES, with_settings
+
+if TYPE_CHECKING:
+    from edgeconv.train.distribute import Devices
 
 RUN_FILE = "run.json"
 
@@ -190,7 +194,7 @@ def plan(options: Options, previous: dict | None):
     return config, recipe, dataset
 
 
-def start_backend(options: Options, config: dict):
+def start_backend(options: Options, config: dict) -> Devices:
     """Start Keras's backend and choose the devices (not part of the run: it may resume on
     others); fills a fresh run's automatic precision."""
     import_keras()  # quietly, before train.model imports it

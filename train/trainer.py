@@ -236,6 +236,7 @@ class Estimate(keras.callbacks.Callback):
             epoch = self.steps * per_step
             validation = self.validation_images / self.batch_size / 3 * per_step
             total = self.work * epoch + self.validations * validation
+            # validations == epochs: every epoch left validates (none at a smaller size)
             each = epoch + (validation if self.validations >= self.epochs else 0)
             print(f"\nexpected: about {duration(total)} for {plural(self.epochs, 'epoch')}, "
                   f"{duration(each)} each at this size "
