@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from edgeconv.export.batchnorm import standalone_batchnorms
-from edgeconv.train.augment import RandomAffine, RandomErasing, label_accuracy, mix_batch
+from edgeconv.train.augment import (
+    RandomAffine,
+    RandomColor,
+    RandomErasing,
+    label_accuracy,
+    mix_batch,
+)
 from edgeconv.train.model import (
     ARCHITECTURES,
     FusedBatchNormalization,
@@ -135,6 +141,32 @@ def test_random_erasing_rate_is_the_share_of_images_erased():
     x = np.zeros((400, 8, 8, 3), np.float32)
     out = np.asarray(RandomErasing(0.25, seed=1)(x, training=True))
     assert 0.15 < (out != 0).any(axis=(1, 2, 3)).mean() < 0.35
+
+
+def test_colour_jitter_scales_a_gray_image_by_its_own_brightness_in_training_only():
+    x = np.full((64, 8, 8, 3), 100.0, np.float32)  # contrast and saturation leave it alone
+    assert np.array_equal(np.asarray(RandomColor(0.3, seed=0)(x, training=False)), x)
+    assert np.array_equal(np.asarray(RandomColor(0.0, seed=0)(x, training=True)), x)
+    out = np.asarray(RandomColor(0.3, seed=0)(x, training=True))
+    level = out[:, 0, 0, 0]
+    np.testing.assert_allclose(out, level[:, None, None, None] * np.ones_like(x), rtol=1e-5)
+    assert level.min() >= 70 - 1e-3 and level.max() <= 130 + 1e-3
+    assert level.max() - level.min() > 30  # a factor of each image's own
+
+
+def test_colour_jitter_keeps_the_range_and_survives_save_and_load(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (16, 12, 12, 3)).astype(np.float32)
+    out = np.asarray(RandomColor(0.5, seed=1)(x, training=True))
+    assert out.min() >= 0 and out.max() <= 255 and not np.allclose(out, x)
+    saturated = np.zeros((1, 4, 4, 3), np.float32)
+    saturated[..., 0] = 200.0  # pure red: saturation mixes in its gray, never another hue
+    red = np.asarray(RandomColor(0.5, seed=2)(np.repeat(saturated, 32, 0), training=True))
+    assert (red[..., 0] >= red[..., 1] - 1e-3).all()
+    np.testing.assert_allclose(red[..., 1], red[..., 2], atol=1e-3)
+    model = keras.Sequential([keras.Input((12, 12, 3)), RandomColor(0.2, seed=3)])
+    model.save(tmp_path / "m.keras")
+    assert keras.saving.load_model(tmp_path / "m.keras").layers[0].get_config()["strength"] == 0.2
 
 
 @pytest.mark.parametrize("name, unfoldable",

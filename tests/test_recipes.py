@@ -107,6 +107,22 @@ def test_progressive_sizes_are_checked_and_split_the_epochs():
         with_settings(RECIPES["augmented"], {"sizes": [[112, 1]]})
     with pytest.raises(ValueError, match="mixup cannot be negative"):
         with_settings(RECIPES["plus"], {"mixup": -1})
+    for strength in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="colour jitter's strength"):
+            with_settings(RECIPES["plus"], {"color": strength})
+
+
+def test_colour_jitter_is_a_training_layer_only():
+    recipe = with_settings(RECIPES["plus"], {"color": 0.3})
+    model = new_training_model(recipe, 2, "float32", seed=0, input_shape=(32, 32, 3),
+                               steps_per_epoch=1, epochs=1)
+    names = [layer.name for layer in model.layers]
+    assert names.index("augment") < names.index("color") < names.index("erase")
+    plain = new_training_model(RECIPES["plus"], 2, "float32", seed=0, input_shape=(32, 32, 3),
+                               steps_per_epoch=1, epochs=1)
+    assert "color" not in [layer.name for layer in plain.layers]
+    final = inference_model(model, recipe, 2, (32, 32, 3))
+    assert not any("color" in layer.name for layer in final.layers)
 
 
 @pytest.mark.slow

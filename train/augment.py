@@ -89,6 +89,46 @@ class RandomAffine(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="edgeconv")
+class RandomColor(keras.layers.Layer):
+    """Colour jitter: each image's brightness, contrast and saturation scaled by factors drawn
+    uniformly from [1 - strength, 1 + strength] (torchvision's ColorJitter, without hue),
+    applied in that order on 0..255 pixels and clipped to that range. Active only in training.
+    """
+
+    def __init__(self, strength: float = 0.3, seed: int | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.strength, self.seed = strength, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        images = ops.cast(images, self.compute_dtype)
+        if not training or not self.strength:
+            return images
+
+        def factor():
+            shape = (ops.shape(images)[0], 1, 1, 1)
+            return keras.random.uniform(shape, 1.0 - self.strength, 1.0 + self.strength,
+                                        seed=self.seed_generator)
+
+        def gray(pixels):  # ITU-R 601 luma, one channel kept for broadcasting
+            weights = ops.convert_to_tensor([0.299, 0.587, 0.114], dtype=self.compute_dtype)
+            return ops.sum(pixels * weights, axis=-1, keepdims=True)
+
+        images = ops.clip(images * factor(), 0.0, 255.0)
+        mean = ops.mean(gray(images), axis=(1, 2, 3), keepdims=True)
+        images = ops.clip(mean + (images - mean) * factor(), 0.0, 255.0)
+        luma = gray(images)
+        return ops.clip(luma + (images - luma) * factor(), 0.0, 255.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return super().get_config() | {"strength": self.strength, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="edgeconv")
 class RandomErasing(keras.layers.Layer):
     """Random erasing (Zhong et al., 2017): with probability `rate`, replace one rectangle of
     2-25% of the image, aspect ratio 0.3-3.3, with random pixel values. Labels stay exact,

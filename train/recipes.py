@@ -27,6 +27,7 @@ class Recipe:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     erasing: float = 0.0  # probability of random erasing per training image
+    color: float = 0.0  # colour jitter: brightness, contrast, saturation x U(1 - c, 1 + c)
     # Progressive resizing: [[size, share of the epochs], ...] in order, e.g. [[112, 0.75],
     # [150, 0.25]]; None trains every epoch at the input size. Validation and the saved model
     # stay at the input size.
@@ -111,6 +112,9 @@ def with_settings(recipe: Recipe, settings: dict) -> Recipe:
             check_sizes(value, shown)
         if key in ("mixup", "cutmix", "erasing", "label_smoothing", "dropout") and value < 0:
             raise ValueError(f"{shown}: {key} cannot be negative")
+        if key == "color" and not 0 <= value < 1:
+            raise ValueError(f"{shown}: the colour jitter's strength is 0 (off) or in (0, 1), "
+                             "e.g. 0.3")
         if key == "teachers" and value is not None:
             teacher_files(value)
     changed = replace(recipe, **settings)

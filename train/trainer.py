@@ -14,7 +14,13 @@ from keras import ops
 from edgeconv.common.files import atomic_path, write_json
 from edgeconv.runtime.confidence import class_columns
 from edgeconv.runtime.text import plural
-from edgeconv.train.augment import RandomAffine, RandomErasing, label_accuracy, mix_batch
+from edgeconv.train.augment import (
+    RandomAffine,
+    RandomColor,
+    RandomErasing,
+    label_accuracy,
+    mix_batch,
+)
 from edgeconv.train.model import ARCHITECTURES, FusedBatchNormalization
 from edgeconv.train.recipes import Recipe, size_phases
 
@@ -343,6 +349,8 @@ def new_training_model(recipe: Recipe, num_classes: int, precision: str, seed: i
     layers = [keras.Input(shape=input_shape)]
     if recipe.augment is not None:
         layers.append(RandomAffine(**recipe.augment, seed=seed, name="augment"))
+    if recipe.color:
+        layers.append(RandomColor(recipe.color, seed=seed + 2, name="color"))
     if recipe.erasing:
         layers.append(RandomErasing(recipe.erasing, seed=seed + 1, name="erase"))
     build = ARCHITECTURES[recipe.architecture]
