@@ -91,8 +91,13 @@ class RandomAffine(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="edgeconv")
 class RandomColor(keras.layers.Layer):
     """Colour jitter: each image's brightness, contrast and saturation scaled by factors drawn
-    uniformly from [1 - strength, 1 + strength] (torchvision's ColorJitter, without hue),
-    applied in that order on 0..255 pixels and clipped to that range. Active only in training.
+    uniformly from [1 - strength, 1 + strength] (torchvision's ColorJitter, without hue), on
+    0..255 pixels. Active only in training.
+
+    The three are linear maps, so they compose into one: with b, c and s the factors, g a
+    pixel's luma and m the image's mean luma, brightness then contrast then saturation is
+    c*b*(s*x + (1 - s)*g) + (1 - c)*b*m, clipped to 0..255 once at the end (torchvision
+    clips after each step too; this keeps an extreme pixel's excess instead).
     """
 
     def __init__(self, strength: float = 0.3, seed: int | None = None, **kwargs):
@@ -105,21 +110,16 @@ class RandomColor(keras.layers.Layer):
         images = ops.cast(images, self.compute_dtype)
         if not training or not self.strength:
             return images
-
-        def factor():
-            shape = (ops.shape(images)[0], 1, 1, 1)
-            return keras.random.uniform(shape, 1.0 - self.strength, 1.0 + self.strength,
-                                        seed=self.seed_generator)
-
-        def gray(pixels):  # ITU-R 601 luma, one channel kept for broadcasting
-            weights = ops.convert_to_tensor([0.299, 0.587, 0.114], dtype=self.compute_dtype)
-            return ops.sum(pixels * weights, axis=-1, keepdims=True)
-
-        images = ops.clip(images * factor(), 0.0, 255.0)
-        mean = ops.mean(gray(images), axis=(1, 2, 3), keepdims=True)
-        images = ops.clip(mean + (images - mean) * factor(), 0.0, 255.0)
-        luma = gray(images)
-        return ops.clip(luma + (images - luma) * factor(), 0.0, 255.0)
+        shape = (ops.shape(images)[0], 1, 1, 1)
+        brightness, contrast, saturation = (
+            keras.random.uniform(shape, 1.0 - self.strength, 1.0 + self.strength,
+                                 seed=self.seed_generator) for _ in range(3))
+        weights = ops.convert_to_tensor([0.299, 0.587, 0.114], dtype=self.compute_dtype)
+        luma = ops.sum(images * weights, axis=-1, keepdims=True)  # ITU-R 601
+        mean = ops.mean(luma, axis=(1, 2, 3), keepdims=True)
+        scale = contrast * brightness
+        mixed = scale * saturation * images + scale * (1.0 - saturation) * luma
+        return ops.clip(mixed + (1.0 - contrast) * brightness * mean, 0.0, 255.0)
 
     def compute_output_shape(self, input_shape):
         return input_shape
