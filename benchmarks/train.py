@@ -4,7 +4,8 @@ each choice costs a plus run.
 
   python benchmarks/train.py [--data DIR] [--steps 30] [--repeats 5] [--json FILE]
   python benchmarks/train.py --recipe plus [--sizes 150,128,112,96] [--precisions float32]
-                             [--teachers models/plus.keras] [--profile] [--steps 10] [--repeats 3]
+                             [--teachers models/plus.keras] [--set color=0.3] [--profile]
+                             [--steps 10] [--repeats 3]
 
 The first trains the augmented recipe's model (same layers, same batch of 32) for a few short
 epochs per pipeline, side by side in one process, and prints the median images per second of
@@ -16,8 +17,9 @@ round (tracing, warm-up) is not counted.
 
 --recipe plus times the plus recipe's model instead: at each input size and precision, and
 without augmentation (what it costs), distilled from --teachers (what their forward passes
-cost), with the minutes of a whole plus run at each and of the progressive-resizing
-schedules; --profile adds each layer's forward and backward time.
+cost), with each --set KEY=VALUE of train/run.py (one row each), with the minutes of a whole
+plus run at each and of the progressive-resizing schedules; --profile adds each layer's
+forward and backward time.
 """
 
 from __future__ import annotations
@@ -124,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     plus.add_argument("--teachers", type=teachers_list, metavar="MODEL[,MODEL...]",
                       help="also time distillation from these .keras files or run folders "
                       "(--set teachers=...), e.g. models/plus.keras")
+    plus.add_argument("--set", action="append", dest="settings", metavar="KEY=VALUE",
+                      help="also time the recipe with this setting of train/run.py's --set, "
+                      "one row each (repeatable), e.g. --set color=0.3")
     plus.add_argument("--profile", action="store_true",
                       help="also time each layer's forward and backward pass (TensorFlow)")
     args = parser.parse_args(argv)
@@ -183,9 +188,12 @@ def plus_main(args: argparse.Namespace, data: Path) -> int:
 
     dataset = find_dataset(data, splits=("train",))
     recipe = RECIPES["plus"]
-    rows = train_plus.measure(dataset, train_plus.choices(args.sizes, args.precisions,
-                                                          args.teachers),
-                              args.steps, args.repeats, recipe.batch_size)
+    try:
+        rows = train_plus.choices(args.sizes, args.precisions, args.teachers, args.settings)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rows = train_plus.measure(dataset, rows, args.steps, args.repeats, recipe.batch_size)
     images = sum(dataset.counts("train"))
     schedules = train_plus.schedule_minutes(rows, images, recipe.epochs)
     layers = None

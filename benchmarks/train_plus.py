@@ -29,7 +29,7 @@ import numpy as np
 
 from edgeconv.runtime.tables import markdown_table
 from edgeconv.train.dataset import Dataset, find_dataset, load_split
-from edgeconv.train.recipes import RECIPES, Recipe, size_phases
+from edgeconv.train.recipes import RECIPES, Recipe, parse_settings, size_phases, with_settings
 from edgeconv.train.trainer import BatchStream, keras_input, new_training_model
 
 # Schedules whose minutes are worked out from the measured rows: name -> recipe.sizes.
@@ -50,19 +50,25 @@ class Choice:
     fused_norm: bool = True  # BatchNorm's fused kernel in training (train.model)
     teachers: tuple[str, ...] = ()  # distillation's teachers (.keras files)
     malloc: bool = False  # TensorFlow's tensors from the C library's malloc, not its own pool
+    settings: str = "{}"  # a JSON object of recipe settings, as train/run.py's --set takes
 
     @property
     def plain(self) -> bool:
         """The recipe as it trains, at this size and precision (a schedule's row)."""
-        return self.augment and self.fused_norm and not self.teachers and not self.malloc
+        return (self.augment and self.fused_norm and not self.teachers and not self.malloc
+                and self.settings == "{}")
 
     def recipe(self) -> Recipe:
-        plus = dataclasses.replace(RECIPES["plus"], teachers=list(self.teachers) or None)
+        plus = with_settings(RECIPES["plus"], json.loads(self.settings))
+        plus = dataclasses.replace(plus, teachers=list(self.teachers) or None)
         return plus if self.augment else dataclasses.replace(plus, augment=None, erasing=0.0)
 
 
-def choices(sizes: list[int], precisions: list[str],
-            teachers: list[str] | None = None) -> list[Choice]:
+def choices(sizes: list[int], precisions: list[str], teachers: list[str] | None = None,
+            settings: list[str] | None = None) -> list[Choice]:
+    """The rows: each size and precision, then beside the first of them the system malloc,
+    Keras's BatchNorm, no augmentation, the teachers and each KEY=VALUE of `settings` (one
+    row each; ValueError for a setting the recipe refuses)."""
     rows = [Choice(f"{precision} at {size}", size, precision)
             for precision in precisions for size in sizes]
     first = sizes[0], precisions[0]
@@ -73,6 +79,11 @@ def choices(sizes: list[int], precisions: list[str],
         name = f"{first[1]} at {first[0]}, distilled from {len(teachers)} " + (
             "teacher" if len(teachers) == 1 else "teachers")
         rows.insert(4, Choice(name, *first, teachers=tuple(teachers)))
+    for number, setting in enumerate(settings or []):
+        parsed = parse_settings([setting])
+        with_settings(RECIPES["plus"], parsed)
+        rows.insert(4 + bool(teachers) + number, Choice(
+            f"{first[1]} at {first[0]}, --set {setting}", *first, settings=json.dumps(parsed)))
     return rows
 
 
@@ -144,7 +155,8 @@ def measure(dataset: Dataset, rows: list[Choice], steps: int, repeats: int,
     epochs = RECIPES["plus"].epochs
     return [{"choice": row.name, "size": row.size, "precision": row.precision,
              "augment": row.augment, "fused_norm": row.fused_norm, "malloc": row.malloc,
-             "teachers": len(row.teachers), "plain": row.plain,
+             "teachers": len(row.teachers), "settings": json.loads(row.settings),
+             "plain": row.plain,
              "images_per_second": max(values), "median": statistics.median(values),
              "min": min(values), "samples": values,
              "minutes_per_run": epochs * images / max(values) / 60}

@@ -263,13 +263,16 @@ def test_schedule_minutes_follow_the_rows_of_their_sizes():
 def test_plus_throughput_benchmark_prints_rows_minutes_and_a_profile(real_data, tmp_path):
     result = run_script("benchmarks/train.py", "--recipe", "plus", "--data", real_data,
                         "--sizes", "64", "--steps", "1", "--repeats", "1", "--profile",
-                        "--teachers", "models/plus.keras", "--json", tmp_path / "plus.json")
+                        "--teachers", "models/plus.keras", "--set", "color=0.3",
+                        "--json", tmp_path / "plus.json")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "plus.json").read_text())
     assert [row["choice"] for row in report["rows"]] == [
         "float32 at 64", "float32 at 64, system malloc", "float32 at 64, Keras's BatchNorm",
-        "float32 at 64, no augmentation", "float32 at 64, distilled from 1 teacher"]
-    assert [row["plain"] for row in report["rows"]] == [True, False, False, False, False]
+        "float32 at 64, no augmentation", "float32 at 64, distilled from 1 teacher",
+        "float32 at 64, --set color=0.3"]
+    assert [row["plain"] for row in report["rows"]] == [True] + [False] * 5
+    assert report["rows"][-1]["settings"] == {"color": 0.3}
     for row in report["rows"]:  # a whole plus run: 120 epochs of the 2,000 training photos
         assert row["minutes_per_run"] == pytest.approx(120 * 2000 / row["images_per_second"] / 60)
         assert f"| {row['choice']} | {row['images_per_second']:.1f} |" in result.stdout
@@ -278,9 +281,17 @@ def test_plus_throughput_benchmark_prints_rows_minutes_and_a_profile(real_data, 
             ("Dense", 0)} <= layers
     assert sum(layer["share"] for layer in report["layers"]) == pytest.approx(1.0)
     assert report["schedules"] == []  # no schedule is all at 64
-    distilled = report["rows"][-1]
+    distilled = report["rows"][4]
     assert distilled["teachers"] == 1 and distilled["minutes_per_run"] == pytest.approx(
         120 * 2000 / distilled["images_per_second"] / 60)
+
+
+def test_plus_throughput_benchmark_refuses_a_bad_setting_in_one_line(real_data):
+    result = run_script("benchmarks/train.py", "--recipe", "plus", "--data", real_data,
+                        "--set", "color=2")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --set color=2: the colour jitter's strength is 0 (off) or in (0, 1), e.g. 0.3"]
 
 
 @pytest.mark.parametrize("setting, pooled", [(None, True), ("false", False)])
