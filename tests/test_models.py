@@ -74,3 +74,24 @@ def test_shipped_plus_model_passes_the_int8_gates_against_its_keras_model(shippe
     for row in found.rows:
         assert row["artifact_accuracy"] == cards[row["artifact"]]["test_accuracy"]
         assert row["agreement"] == cards[row["artifact"]]["agreement"]
+
+
+def test_every_teacher_is_on_its_page_and_teaches_a_distilled_run(tmp_path):
+    # models/teachers: runs kept for distillation; the page names each file and its hash,
+    # and each is a run's cats-vs-dogs model that --set teachers=[...] accepts.
+    import numpy as np
+
+    from edgeconv.train.distill import Teachers
+    from edgeconv.train.recipes import RECIPES, with_settings
+
+    teachers = sorted((MODELS / "teachers").glob("*.keras"))
+    page = (MODELS / "teachers" / "README.md").read_text()
+    assert teachers
+    for path in teachers:
+        assert f"`{path.name}`" in page and sha256(path)[:16] in page
+    recipe = with_settings(RECIPES["plus"], {"teachers": [str(p) for p in teachers]})
+    layer = Teachers(recipe.teachers, num_classes=2)
+    photos = np.random.default_rng(0).integers(0, 256, (2, 150, 150, 3)).astype("float32")
+    answer = np.asarray(layer(photos))
+    assert answer.shape == (2, 1) and ((answer >= 0) & (answer <= 1)).all()
+    assert len(layer.models) == len(teachers)
