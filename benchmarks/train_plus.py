@@ -72,18 +72,18 @@ def choices(sizes: list[int], precisions: list[str], teachers: list[str] | None 
     rows = [Choice(f"{precision} at {size}", size, precision)
             for precision in precisions for size in sizes]
     first = sizes[0], precisions[0]
-    rows[1:1] = [Choice(f"{first[1]} at {first[0]}, system malloc", *first, malloc=True),
-                 Choice(f"{first[1]} at {first[0]}, Keras's BatchNorm", *first, fused_norm=False),
-                 Choice(f"{first[1]} at {first[0]}, no augmentation", *first, augment=False)]
+    named = f"{first[1]} at {first[0]}, "
+    beside = [Choice(named + "system malloc", *first, malloc=True),
+              Choice(named + "Keras's BatchNorm", *first, fused_norm=False),
+              Choice(named + "no augmentation", *first, augment=False)]
     if teachers:
-        name = f"{first[1]} at {first[0]}, distilled from {len(teachers)} " + (
-            "teacher" if len(teachers) == 1 else "teachers")
-        rows.insert(4, Choice(name, *first, teachers=tuple(teachers)))
-    for number, setting in enumerate(settings or []):
+        beside.append(Choice(named + f"distilled from {len(teachers)} " + (
+            "teacher" if len(teachers) == 1 else "teachers"), *first, teachers=tuple(teachers)))
+    for setting in settings or []:
         parsed = parse_settings([setting])
-        with_settings(RECIPES["plus"], parsed)
-        rows.insert(4 + bool(teachers) + number, Choice(
-            f"{first[1]} at {first[0]}, --set {setting}", *first, settings=json.dumps(parsed)))
+        with_settings(RECIPES["plus"], parsed)  # refused here, before any row is built
+        beside.append(Choice(named + f"--set {setting}", *first, settings=json.dumps(parsed)))
+    rows[1:1] = beside
     return rows
 
 

@@ -76,7 +76,7 @@ def test_shipped_plus_model_passes_the_int8_gates_against_its_keras_model(shippe
         assert row["agreement"] == cards[row["artifact"]]["agreement"]
 
 
-def test_every_teacher_is_on_its_page_and_teaches_a_distilled_run(tmp_path):
+def test_every_teacher_is_on_its_page_and_teaches_a_distilled_run():
     # models/teachers: runs kept for distillation; the page names each file and its hash,
     # and each is a run's cats-vs-dogs model that --set teachers=[...] accepts.
     import numpy as np
