@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgeconv.train.backend import import_keras  # noqa: E402
+from edgeconv.train.backend import import_keras, tensorflow_runs_onednn  # noqa: E402
 
 keras = import_keras()
 
@@ -188,8 +188,11 @@ def plus_main(args: argparse.Namespace, data: Path) -> int:
 
     dataset = find_dataset(data, splits=("train",))
     recipe = RECIPES["plus"]
+    # The system malloc is TensorFlow's to take, and only without oneDNN's own pool.
+    malloc = keras.backend.backend() == "tensorflow" and not tensorflow_runs_onednn()
     try:
-        rows = train_plus.choices(args.sizes, args.precisions, args.teachers, args.settings)
+        rows = train_plus.choices(args.sizes, args.precisions, args.teachers, args.settings,
+                                  malloc)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -201,6 +204,10 @@ def plus_main(args: argparse.Namespace, data: Path) -> int:
         layers = train_plus.profile(len(dataset.classes), recipe.batch_size, args.repeats)
     elif args.profile:
         print("--profile needs the tensorflow backend; left out", file=sys.stderr)
+    if not malloc:
+        print("no system-malloc row: " + ("TensorFlow runs oneDNN here, whose allocator pools "
+              "whatever TF_CPU_ALLOCATOR_USE_BFC says" if keras.backend.backend() == "tensorflow"
+              else "the allocator setting is TensorFlow's"))
     env = environment()
     print("\n" + train_plus.report(rows, schedules, layers, (
         f"plus recipe training throughput, batch {recipe.batch_size}, {images} training "

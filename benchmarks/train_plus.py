@@ -8,7 +8,8 @@ the fastest: a shared host's stalls only ever slow a round (median and slowest a
 It gives the minutes of a whole plus run at that choice, and the schedules' minutes follow
 from the rows of their sizes. The "system malloc" row trains in a process of its own (the
 CPU allocator is chosen once per process, train/__init__.py), driven round by round so that
-it interleaves with the others.
+it interleaves with the others; where TensorFlow runs oneDNN there is no such row (oneDNN's
+allocator pools whatever the process asks for).
 `--profile` also times each layer's forward and backward pass at 150x150 (TensorFlow only).
 """
 
@@ -65,16 +66,16 @@ class Choice:
 
 
 def choices(sizes: list[int], precisions: list[str], teachers: list[str] | None = None,
-            settings: list[str] | None = None) -> list[Choice]:
-    """The rows: each size and precision, then beside the first of them the system malloc,
-    Keras's BatchNorm, no augmentation, the teachers and each KEY=VALUE of `settings` (one
-    row each; ValueError for a setting the recipe refuses)."""
+            settings: list[str] | None = None, malloc: bool = True) -> list[Choice]:
+    """The rows: each size and precision, then beside the first of them the system malloc
+    (where `malloc`), Keras's BatchNorm, no augmentation, the teachers and each KEY=VALUE of
+    `settings` (one row each; ValueError for a setting the recipe refuses)."""
     rows = [Choice(f"{precision} at {size}", size, precision)
             for precision in precisions for size in sizes]
     first = sizes[0], precisions[0]
     named = f"{first[1]} at {first[0]}, "
-    beside = [Choice(named + "system malloc", *first, malloc=True),
-              Choice(named + "Keras's BatchNorm", *first, fused_norm=False),
+    beside = [Choice(named + "system malloc", *first, malloc=True)] if malloc else []
+    beside += [Choice(named + "Keras's BatchNorm", *first, fused_norm=False),
               Choice(named + "no augmentation", *first, augment=False)]
     if teachers:
         beside.append(Choice(named + f"distilled from {len(teachers)} " + (

@@ -17,8 +17,11 @@ from edgeconv.runtime.text import plural
 
 # Deterministic (no augmentation, no dropout), so two runs can be compared step by step.
 SHORT = ["--recipe", "baseline", "--limit", "20", "--epochs", "2", "--batch-size", "10"]
-# Float32 sums in another order: the steps measured here differed by at most 1e-4.
-STEP_TOLERANCE = 1e-3
+# Float32 sums in another order, an error that grows step by step: the first update's loss
+# (the second step's) differed by at most 5e-5 and any step's by 1.4e-3 (AVX512, oneDNN;
+# 1e-4 on an AVX2 CPU).
+FIRST_UPDATE_TOLERANCE = 2e-4
+STEP_TOLERANCE = 5e-3
 
 
 def train(real_data, out, devices: str, backend: str) -> dict:
@@ -43,9 +46,9 @@ def one_device(real_data, tmp_path_factory):
     return history
 
 
-def largest_step_difference(one: dict, other: dict) -> float:
+def step_differences(one: dict, other: dict) -> np.ndarray:
     assert len(one["step_loss"]) == len(other["step_loss"]) == 2 * 4  # 40 photos, batch 10
-    return float(np.abs(np.subtract(one["step_loss"], other["step_loss"])).max())
+    return np.abs(np.subtract(one["step_loss"], other["step_loss"]))
 
 
 @pytest.mark.slow
@@ -53,10 +56,13 @@ def largest_step_difference(one: dict, other: dict) -> float:
 def test_two_devices_follow_one_device_step_by_step(real_data, tmp_path, one_device, backend):
     one = one_device(backend)
     two = train(real_data, tmp_path / "two", "2", backend)
-    difference = largest_step_difference(one, two)
-    print(f"{backend}: per-step loss, 1 device against 2, max difference {difference:.2e}")
-    assert difference < STEP_TOLERANCE
-    assert np.allclose(one["val_accuracy"], two["val_accuracy"])
+    differences = step_differences(one, two)
+    print(f"{backend}: per-step loss, 1 device against 2: first update {differences[1]:.2e}, "
+          f"max difference {differences.max():.2e}")
+    assert differences[1] < FIRST_UPDATE_TOLERANCE and differences.max() < STEP_TOLERANCE
+    # The loss, not the accuracy: a barely trained model's photos sit at 0.5, where float
+    # noise flips one.
+    assert np.allclose(one["val_loss"], two["val_loss"], rtol=0, atol=STEP_TOLERANCE)
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["devices"] == 2 and metrics["batch_size"] == 10
     assert metrics["params"] == 3_453_121 and (tmp_path / "two" / "model.keras").exists()
@@ -109,11 +115,11 @@ def test_two_processes_on_loopback_follow_one_device(real_data, tmp_path, one_de
             process.kill()
     for index in range(2):
         out = tmp_path / f"process-{index}"
-        difference = largest_step_difference(
+        differences = step_differences(
             one_device("jax"), json.loads((out / "history.json").read_text()))
-        print(f"process {index} of 2: per-step loss against 1 device, max difference "
-              f"{difference:.2e}")
-        assert difference < STEP_TOLERANCE
+        print(f"process {index} of 2: per-step loss against 1 device: first update "
+              f"{differences[1]:.2e}, max difference {differences.max():.2e}")
+        assert differences[1] < FIRST_UPDATE_TOLERANCE and differences.max() < STEP_TOLERANCE
         assert json.loads((out / "metrics.json").read_text())["devices"] == 2
 
 

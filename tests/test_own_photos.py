@@ -66,7 +66,11 @@ def test_class_folders_to_a_shipped_model_in_their_own_words(class_folders, prep
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == epochs == len(scores)
     assert metrics["ended_early"] == {"planned_epochs": 8, "weights_of_epoch": best}
-    assert metrics["val_accuracy"] == pytest.approx(scores[best - 1])  # the best epoch's
+    # The best epoch's weights, scored again by the inference model: within one photo, since
+    # a barely trained model's classes are near-tied, and the two graphs' float noise
+    # (oneDNN's kernels) can flip one.
+    one_photo = 1 / sum(metrics["counts"]["validation"])
+    assert metrics["val_accuracy"] == pytest.approx(scores[best - 1], abs=one_photo + 1e-6)
     assert not list(run.glob("checkpoint-*.keras"))
     assert metrics["classes"] == classes
     assert metrics["counts"]["test"] == [8] * len(classes)

@@ -8,5 +8,6 @@ import os
 # 2-core AVX2 CPU (`python benchmarks/train.py --recipe plus`, its "system malloc" row), for
 # about 20% more peak memory (docs/training.md); TF_CPU_ALLOCATOR_USE_BFC=false in the
 # environment keeps malloc. Read when the first tensor is made, so it works here even after
-# TensorFlow is imported.
+# TensorFlow is imported. Where TensorFlow runs oneDNN (by default on CPUs with AVX512-VNNI),
+# oneDNN's own allocator pools large buffers whatever this says.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")

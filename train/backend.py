@@ -21,3 +21,15 @@ def import_keras():
             import keras  # noqa: F401
     return sys.modules["keras"]
 
+
+
+def tensorflow_runs_onednn() -> bool:
+    """Whether TensorFlow runs its oneDNN kernels in this process: its default on CPUs with
+    AVX512-VNNI, AVX512-BF16 or AMX, and whatever TF_ENABLE_ONEDNN_OPTS says elsewhere. With
+    them comes oneDNN's CPU allocator, which pools large buffers whatever
+    TF_CPU_ALLOCATOR_USE_BFC says (train/__init__.py)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # no TensorFlow: no oneDNN
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
