@@ -189,7 +189,8 @@ def plus_main(args: argparse.Namespace, data: Path) -> int:
     dataset = find_dataset(data, splits=("train",))
     recipe = RECIPES["plus"]
     # The system malloc is TensorFlow's to take, and only without oneDNN's own pool.
-    malloc = keras.backend.backend() == "tensorflow" and not tensorflow_runs_onednn()
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    malloc = on_tensorflow and not tensorflow_runs_onednn()
     try:
         rows = train_plus.choices(args.sizes, args.precisions, args.teachers, args.settings,
                                   malloc)
@@ -200,13 +201,13 @@ def plus_main(args: argparse.Namespace, data: Path) -> int:
     images = sum(dataset.counts("train"))
     schedules = train_plus.schedule_minutes(rows, images, recipe.epochs)
     layers = None
-    if args.profile and keras.backend.backend() == "tensorflow":
+    if args.profile and on_tensorflow:
         layers = train_plus.profile(len(dataset.classes), recipe.batch_size, args.repeats)
     elif args.profile:
         print("--profile needs the tensorflow backend; left out", file=sys.stderr)
     if not malloc:
         print("no system-malloc row: " + ("TensorFlow runs oneDNN here, whose allocator pools "
-              "whatever TF_CPU_ALLOCATOR_USE_BFC says" if keras.backend.backend() == "tensorflow"
+              "whatever TF_CPU_ALLOCATOR_USE_BFC says" if on_tensorflow
               else "the allocator setting is TensorFlow's"))
     env = environment()
     print("\n" + train_plus.report(rows, schedules, layers, (

@@ -22,7 +22,6 @@ def import_keras():
     return sys.modules["keras"]
 
 
-
 def tensorflow_runs_onednn() -> bool:
     """Whether TensorFlow runs its oneDNN kernels in this process: its default on CPUs with
     AVX512-VNNI, AVX512-BF16 or AMX, and whatever TF_ENABLE_ONEDNN_OPTS says elsewhere. With
@@ -30,6 +29,7 @@ def tensorflow_runs_onednn() -> bool:
     TF_CPU_ALLOCATOR_USE_BFC says (train/__init__.py)."""
     try:
         from tensorflow.python.util import _pywrap_util_port
-    except ImportError:  # no TensorFlow: no oneDNN
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # no TensorFlow, or a build without oneDNN
         return False
-    return bool(_pywrap_util_port.IsMklEnabled())
