@@ -77,17 +77,31 @@ def summarize(finished: dict[str, list]) -> dict:
     return summary
 
 
-def curves_figure(finished: dict[str, list], path: Path) -> None:
+def first_curves(runs: list[dict]) -> dict:
+    """The first seed's per-epoch curves, kept in results.json so a later report can draw them."""
+    history = json.loads((Path(runs[0]["run_dir"]) / "history.json").read_text())
+    keys = ("accuracy", "loss", "val_accuracy", "val_loss", "val_epochs")
+    return {"seed": runs[0]["seed"], "history": {k: history[k] for k in keys if k in history}}
+
+
+def curves_figure(curves: dict[str, dict], path: Path) -> None:
     """Accuracy and loss curves of the first seed of each recipe, side by side."""
-    recipes = list(finished)
-    figure, axes = pyplot().subplots(2, len(recipes), figsize=(5.5 * len(recipes), 7),
+    figure, axes = pyplot().subplots(2, len(curves), figsize=(5.5 * len(curves), 7),
                                      squeeze=False)
-    for column, recipe in enumerate(recipes):
-        run = finished[recipe][0]
-        history = json.loads((Path(run["run_dir"]) / "history.json").read_text())
-        draw_curves(axes[:, column], history, f"{recipe} (seed {run['seed']})")
+    for column, (recipe, curve) in enumerate(curves.items()):
+        draw_curves(axes[:, column], curve["history"], f"{recipe} (seed {curve['seed']})")
     figure.tight_layout()
     save_figure(figure, path)
+
+
+def keep_previous(report: dict, previous: dict) -> list[str]:
+    """Add to report the recipes of an earlier results.json that this run did not report, so
+    that reproducing one recipe rewrites its own rows and keeps the others; returns those kept."""
+    kept = [recipe for recipe in previous.get("recipes", {}) if recipe not in report["recipes"]]
+    for part in ("recipes", "exported", "recipe_definitions", "curves"):
+        both = {**previous.get(part, {}), **report[part]}
+        report[part] = {recipe: both[recipe] for recipe in [*RECIPES, *kept] if recipe in both}
+    return kept
 
 
 def spread_text(stats: dict, spec: str) -> str:
@@ -96,6 +110,14 @@ def spread_text(stats: dict, spec: str) -> str:
         return format(stats["mean"], spec)
     return (f"{format(stats['mean'], spec)} ({format(stats['min'], spec)}-"
             f"{format(stats['max'], spec)})")
+
+
+def by_recipe(summary: dict, sentence) -> list[str]:
+    """One sentence when every recipe gives the same one; else one line per recipe."""
+    sentences = {recipe: sentence(stats) for recipe, stats in summary.items()}
+    if len(set(sentences.values())) == 1:
+        return [next(iter(sentences.values()))]
+    return [f"- {recipe}: {text}" for recipe, text in sentences.items()]
 
 
 def parity_table(rows: list[dict]) -> str:
@@ -107,8 +129,8 @@ def parity_table(rows: list[dict]) -> str:
           "pass" if row["passed"] else "FAIL"] for row in rows])
 
 
-def write_markdown(path: Path, summary: dict, exported: dict[str, dict], command: str,
-                   figure: Path) -> None:
+def write_markdown(path: Path, summary: dict, exported: dict[str, dict], figure: Path,
+                   drawn: list[str]) -> None:
     def pct(stats):
         if stats["n"] == 1:
             return f"{100 * stats['mean']:.1f}% (1 seed)"
@@ -121,15 +143,21 @@ def write_markdown(path: Path, summary: dict, exported: dict[str, dict], command
         [[recipe, s["epochs"], pct(s["val_accuracy"]), pct(s["test_accuracy"]),
           spread_text(s["train_minutes"], ".1f"), spread_text(s["images_per_second"], ".0f"),
           s["precision"]] for recipe, s in summary.items()])
-    lines = ["# Results: convnets trained from scratch on 2,000 cats and dogs", "",
-             f"Reproduce with `{command}` (each run resumes; finished runs are kept).", "",
-             table]
-    first = next(iter(summary.values()))
-    lines += ["", f"Backend {first['backend']}, Keras {first['keras']}, on {first['hardware']}. "
-              "Accuracy is the final epoch's model (no early stopping); test is read once per "
-              "finished run. Train minutes and images/s: mean (min-max over runs); images/s "
-              "counts training images over the whole fit, validation included.", "",
-              f"![training curves]({figure.name})", ""]
+    lines = ["# Results: convnets trained from scratch on 2,000 cats and dogs", ""]
+    lines += by_recipe(summary, lambda s: f"Reproduce with `{s['command']}` (each run resumes; "
+                       "finished runs are kept).")
+    lines += ["", table, ""]
+    lines += by_recipe(summary, lambda s: f"Backend {s['backend']}, Keras {s['keras']}, on "
+                       f"{s['hardware']}.")
+    lines += ["", "Accuracy is the final epoch's model (no early stopping); test is read once "
+              "per finished run. Train minutes and images/s: mean (min-max over runs); images/s "
+              "counts training images over the whole fit, validation included.", ""]
+    missing = [recipe for recipe in summary if recipe not in drawn]
+    if drawn:
+        lines += [f"![training curves]({figure.name})", ""]
+    if missing:
+        lines += [f"No curves are kept for {', '.join(missing)}: reproducing "
+                  f"{'it' if len(missing) == 1 else 'them'} draws them.", ""]
     for recipe, export in exported.items():
         lines += [f"## What survives int8 quantization: {recipe} ({export['run']})", "",
                   "End to end from the test JPEGs: Keras through the training pipeline, each "
@@ -204,15 +232,25 @@ def reproduce(args: argparse.Namespace, recipes: list[str], seeds: list[int],
     exported = {json.loads((run / "run.json").read_text())["recipe"]: {
         "run": run.name, "parity": [{k: v for k, v in row.items() if k != "flips"}
                                     for row in rows]} for run, rows in checked.items()}
-    summary = summarize(finished)
-    figure = args.docs.with_name("results_curves.png")
-    curves_figure(finished, figure)
-    write_json(args.docs.with_name("results.json"), {
-        "recipes": summary, "exported": exported,
-        "recipe_definitions": {name: RECIPES[name].as_dict() for name in recipes}})
     command = " ".join(["python export/reproduce.py --data DIR", *recipe_option,
                         "--seeds", args.seeds, *flags])
-    write_markdown(args.docs, summary, exported, command, figure)
+    summary = summarize(finished)
+    for stats in summary.values():
+        stats["command"] = command
+    numbers_path = args.docs.with_name("results.json")
+    report = {"recipes": summary, "exported": exported,
+              "recipe_definitions": {name: RECIPES[name].as_dict() for name in finished},
+              "curves": {recipe: first_curves(runs) for recipe, runs in finished.items()}}
+    if numbers_path.exists():
+        kept = keep_previous(report, json.loads(numbers_path.read_text()))
+        if kept:
+            print(f"kept {', '.join(kept)} from {numbers_path} (not reported this time)")
+    figure = args.docs.with_name("results_curves.png")
+    if report["curves"]:
+        curves_figure(report["curves"], figure)
+    write_json(numbers_path, report)
+    write_markdown(args.docs, report["recipes"], report["exported"], figure,
+                   list(report["curves"]))
     print(f"wrote {args.docs}")
     return 0
 

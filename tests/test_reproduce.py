@@ -5,9 +5,23 @@ import json
 import pytest
 from conftest import run_script
 
-pytestmark = pytest.mark.slow
+
+def test_a_report_keeps_the_recipes_it_did_not_report_in_their_order():
+    from edgeconv.export.reproduce import keep_previous
+
+    previous = {part: {"baseline": f"old {part}", "plus": f"old {part}"}
+                for part in ("recipes", "exported", "recipe_definitions", "curves")}
+    previous["exported"].pop("baseline")
+    report = {part: {"plus": f"new {part}"}
+              for part in ("recipes", "exported", "recipe_definitions", "curves")}
+    assert keep_previous(report, previous) == ["baseline"]
+    assert report["recipes"] == {"baseline": "old recipes", "plus": "new recipes"}
+    assert report["exported"] == {"plus": "new exported"}
+    assert list(report["curves"]) == ["baseline", "plus"]
+    assert keep_previous(report, {}) == [] and list(report["recipes"]) == ["baseline", "plus"]
 
 
+@pytest.mark.slow
 def test_reproduce_writes_results_and_skips_finished_runs(real_data, tmp_path):
     args = ["export/reproduce.py", "--data", real_data, "--out", tmp_path / "results",
             "--recipes", "baseline,augmented", "--seeds", "0,1", "--epochs", "1",
@@ -48,3 +62,18 @@ def test_reproduce_writes_results_and_skips_finished_runs(real_data, tmp_path):
     assert "== " not in report_only.stdout
     assert list(json.loads((docs / "results.json").read_text())["recipes"]) == ["baseline",
                                                                                 "augmented"]
+
+    # One recipe reported again: its rows are rewritten, the other recipe's are kept.
+    one = run_script(*[a if a != "baseline,augmented" else "augmented" for a in args],
+                     "--no-train")
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert f"kept baseline from {docs / 'results.json'}" in one.stdout
+    numbers = json.loads((docs / "results.json").read_text())
+    assert list(numbers["recipes"]) == list(numbers["curves"]) == ["baseline", "augmented"]
+    text = (docs / "results.md").read_text()
+    assert "| baseline | 1 |" in text and "| augmented | 1 |" in text
+    # baseline's command is the one that last reported it: every recipe, so no --recipes
+    assert "- baseline: Reproduce with `python export/reproduce.py --data DIR --seeds 0,1 " \
+        "--epochs 1" in text
+    assert "- augmented: Reproduce with `python export/reproduce.py --data DIR --recipes " \
+        "augmented --seeds 0,1" in text
