@@ -147,11 +147,15 @@ def write_markdown(path: Path, summary: dict, exported: dict[str, dict], figure:
     lines += by_recipe(summary, lambda s: f"Reproduce with `{s['command']}` (each run resumes; "
                        "finished runs are kept).")
     lines += ["", table, ""]
-    lines += by_recipe(summary, lambda s: f"Backend {s['backend']}, Keras {s['keras']}, on "
-                       f"{s['hardware']}.")
-    lines += ["", "Accuracy is the final epoch's model (no early stopping); test is read once "
-              "per finished run. Train minutes and images/s: mean (min-max over runs); images/s "
-              "counts training images over the whole fit, validation included.", ""]
+    machines = by_recipe(summary, lambda s: f"Backend {s['backend']}, Keras {s['keras']}, on "
+                         f"{s['hardware']}.")
+    reading = ("Accuracy is the final epoch's model (no early stopping); test is read once per "
+               "finished run. Train minutes and images/s: mean (min-max over runs); images/s "
+               "counts training images over the whole fit, validation included.")
+    if len(machines) == 1:
+        lines += [f"{machines[0]} {reading}", ""]
+    else:
+        lines += [*machines, "", reading, ""]
     missing = [recipe for recipe in summary if recipe not in drawn]
     if drawn:
         lines += [f"![training curves]({figure.name})", ""]
