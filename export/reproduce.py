@@ -104,6 +104,20 @@ def keep_previous(report: dict, previous: dict) -> list[str]:
     return kept
 
 
+def earlier_report(path: Path) -> dict:
+    """The results.json an earlier report wrote, or {} when there is none."""
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        report = None
+    if not isinstance(report, dict) or not isinstance(report.get("recipes", {}), dict):
+        raise ExportError(f"{path} is not a results.json that export/reproduce.py wrote; move "
+                          "it away to start the page afresh")
+    return report
+
+
 def spread_text(stats: dict, spec: str) -> str:
     """'mean (min-max)', or the one value."""
     if stats["n"] == 1:
@@ -145,7 +159,8 @@ def write_markdown(path: Path, summary: dict, exported: dict[str, dict], figure:
           s["precision"]] for recipe, s in summary.items()])
     lines = ["# Results: convnets trained from scratch on 2,000 cats and dogs", ""]
     lines += by_recipe(summary, lambda s: f"Reproduce with `{s['command']}` (each run resumes; "
-                       "finished runs are kept).")
+                       "finished runs are kept)." if "command" in s else
+                       "Its command is not recorded (reported before results.json kept it).")
     lines += ["", table, ""]
     machines = by_recipe(summary, lambda s: f"Backend {s['backend']}, Keras {s['keras']}, on "
                          f"{s['hardware']}.")
@@ -156,9 +171,8 @@ def write_markdown(path: Path, summary: dict, exported: dict[str, dict], figure:
         lines += [f"{machines[0]} {reading}", ""]
     else:
         lines += [*machines, "", reading, ""]
+    lines += [f"![training curves]({figure.name})", ""]
     missing = [recipe for recipe in summary if recipe not in drawn]
-    if drawn:
-        lines += [f"![training curves]({figure.name})", ""]
     if missing:
         lines += [f"No curves are kept for {', '.join(missing)}: reproducing "
                   f"{'it' if len(missing) == 1 else 'them'} draws them.", ""]
@@ -217,6 +231,8 @@ def reproduce(args: argparse.Namespace, recipes: list[str], seeds: list[int],
               recipe_option: list[str]) -> int:
     """Train what is missing, export and check the best runs, ship them if asked, write docs."""
     data = resolve_data(args.data)
+    numbers_path = args.docs.with_name("results.json")
+    previous = earlier_report(numbers_path)  # read first: a bad file fails before any training
     args.docs.parent.mkdir(parents=True, exist_ok=True)
     options = {"precision": args.precision, "epochs": args.epochs, "limit": args.limit}
     flags = [f"--{key} {value}" for key, value in options.items()
@@ -241,17 +257,14 @@ def reproduce(args: argparse.Namespace, recipes: list[str], seeds: list[int],
     summary = summarize(finished)
     for stats in summary.values():
         stats["command"] = command
-    numbers_path = args.docs.with_name("results.json")
     report = {"recipes": summary, "exported": exported,
               "recipe_definitions": {name: RECIPES[name].as_dict() for name in finished},
               "curves": {recipe: first_curves(runs) for recipe, runs in finished.items()}}
-    if numbers_path.exists():
-        kept = keep_previous(report, json.loads(numbers_path.read_text()))
-        if kept:
-            print(f"kept {', '.join(kept)} from {numbers_path} (not reported this time)")
+    kept = keep_previous(report, previous)
+    if kept:
+        print(f"kept {', '.join(kept)} from {numbers_path} (not reported this time)")
     figure = args.docs.with_name("results_curves.png")
-    if report["curves"]:
-        curves_figure(report["curves"], figure)
+    curves_figure(report["curves"], figure)
     write_json(numbers_path, report)
     write_markdown(args.docs, report["recipes"], report["exported"], figure,
                    list(report["curves"]))

@@ -21,6 +21,21 @@ def test_a_report_keeps_the_recipes_it_did_not_report_in_their_order():
     assert keep_previous(report, {}) == [] and list(report["recipes"]) == ["baseline", "plus"]
 
 
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_a_damaged_results_json_is_a_one_line_error_before_any_training(real_data, tmp_path,
+                                                                       content):
+    numbers = tmp_path / "docs" / "results.json"
+    numbers.parent.mkdir()
+    numbers.write_bytes(content)
+    result = run_script("export/reproduce.py", "--data", real_data, "--out", tmp_path / "runs",
+                        "--docs", tmp_path / "docs" / "results.md")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {numbers} is not a results.json that export/reproduce.py wrote; move it away "
+        "to start the page afresh"]
+    assert not (tmp_path / "runs").exists() and numbers.read_bytes() == content
+
+
 @pytest.mark.slow
 def test_reproduce_writes_results_and_skips_finished_runs(real_data, tmp_path):
     args = ["export/reproduce.py", "--data", real_data, "--out", tmp_path / "results",
