@@ -145,3 +145,49 @@ def test_recalibration_sets_batchnorm_statistics_to_the_photos_own():
     # own statistics, then doubled): variance 4 within every batch.
     np.testing.assert_allclose(inner_norm.moving_variance.numpy(), 4.0, rtol=1e-2)
     assert outer_norm.momentum == inner_norm.momentum == 0.99
+
+
+def test_flip_scores_each_photo_by_its_answer_averaged_with_its_mirror_images(
+        real_data, tmp_path, capsys):
+    """A model that sees only the left half of a photo answers differently for its mirror
+    image; --flip's row is the accuracy of the two answers' mean, the plain row unchanged."""
+    import keras
+
+    from edgeconv.runtime.evaluate import accuracy, decide
+    from edgeconv.train.dataset import find_dataset, load_split
+
+    photos, truth = load_split(find_dataset(real_data, ("validation",), limit=10), "validation")
+    weights = np.array([[0.04], [-0.05], [0.01]])
+
+    def left_logit(images):  # what the model below computes before its sigmoid, bias aside
+        return images[:, :, :75].astype(np.float64).mean(axis=(1, 2)) @ weights[:, 0]
+
+    bias = -np.median(left_logit(photos))  # half the photos each side of the cut
+    model = keras.Sequential([
+        keras.Input((150, 150, 3)), keras.layers.Cropping2D(((0, 0), (0, 75))),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(1, activation="sigmoid",
+                           kernel_initializer=keras.initializers.Constant(weights),
+                           bias_initializer=keras.initializers.Constant(bias))])
+    model.save(tmp_path / "left.keras")
+
+    def sigmoid(z):
+        return 1 / (1 + np.exp(-(z + bias)))
+
+    plain = sigmoid(left_logit(photos))
+    averaged = (plain + sigmoid(left_logit(photos[:, :, ::-1]))) / 2
+    expected = {False: accuracy(truth, decide(plain[:, None])),
+                True: accuracy(truth, decide(averaged[:, None]))}
+    assert expected[False] != expected[True]  # else these photos could not tell them apart
+
+    rows = scored(capsys, tmp_path / "left.keras", "--data", real_data, "--limit", "10",
+                  "--flip")["rows"]
+    assert [(row["model"], row.get("flip", False)) for row in rows] == [
+        ("left", False), ("left", True)]
+    for row in rows:
+        assert row["validation"] == pytest.approx(expected[row.get("flip", False)], abs=1e-9)
+
+    assert evaluate.main([str(tmp_path / "left.keras"), "--data", str(real_data), "--limit",
+                          "10", "--flip"]) == 0
+    table = capsys.readouterr().out
+    assert "| left + flip | 150 |" in table and "| left | 150 |" in table

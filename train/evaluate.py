@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Score trained models on a dataset's splits: each alone, their ensemble, at other input sizes.
 
-  python train/evaluate.py RUN_OR_MODEL [RUN_OR_MODEL ...] [--data DIR] [--sizes 150,172]
+  python train/evaluate.py RUN_OR_MODEL [RUN_OR_MODEL ...] [--data DIR] [--sizes 150,172] [--flip]
 
 An ensemble averages its members' probabilities (a sigmoid's P(class 1), or softmax rows):
 the figure distillation from those members has to reach. --sizes runs a fully convolutional
 model (plus) at input sizes other than its own, the same weights (FixRes: the best test size
 can differ from the training one). Photos are decoded at each size as training decodes them,
-and cached the same way. Choose by validation; the test column is for reporting.
+and cached the same way. --flip adds, for each row, the same model with each photo's answer
+averaged with its mirror image's (test-time flip: twice the inference for a steadier answer).
+Choose by validation; the test column is for reporting.
 """
 
 from __future__ import annotations
@@ -95,15 +97,22 @@ def probabilities(model, images: np.ndarray, columns: int) -> np.ndarray:
     return outputs.reshape(len(images), -1)[:, :columns]
 
 
+def mirrored(images: np.ndarray) -> np.ndarray:
+    """The photos flipped left to right, as training's random flip does."""
+    return np.ascontiguousarray(images[:, :, ::-1])
+
+
 def ensemble(outputs: list[np.ndarray]) -> np.ndarray:
     """The members' probabilities averaged: sigmoid P(class 1) columns or softmax rows."""
     return np.mean(np.stack(outputs), axis=0)
 
 
 def evaluate(members: list[Member], dataset, sizes: list[int], splits: list[str],
-             log=print, recalibrated: bool = False) -> list[dict]:
+             log=print, recalibrated: bool = False, flip: bool = False) -> list[dict]:
     """Rows {model, size, <split>: accuracy}: each member at each size, then the ensemble's;
-    `recalibrated`: BatchNorm's statistics re-estimated at each size on the training photos."""
+    `recalibrated`: BatchNorm's statistics re-estimated at each size on the training photos;
+    `flip`: after each of those rows, the same with each photo's probabilities averaged with
+    its mirror image's (the row's "flip" is true)."""
     import keras
 
     from edgeconv.train.augment import RandomAffine  # noqa: F401  (registers the layer)
@@ -119,28 +128,42 @@ def evaluate(members: list[Member], dataset, sizes: list[int], splits: list[str]
             raise DataError(f"{member.path}: answers {models[-1].output_shape[-1]} columns, "
                             f"not the {columns} of this dataset's {len(dataset.classes)} "
                             "classes")
+    views = (False, True) if flip else (False,)
     rows = []
     for size in sizes:
-        outputs: dict[str, list[np.ndarray]] = {split: [] for split in splits}
+        # outputs[view][split]: one probability array per member
+        outputs = {view: {split: [] for split in splits} for view in views}
         truth = {}
         for member, model in zip(members, models):
-            started, row = time.monotonic(), {"model": member.name, "size": size}
+            started = time.monotonic()
             sized = resized(model, size)  # cheap beside predicting
             if recalibrated:  # replaces every statistic: one size's leave the next's alone
                 recalibrate(sized, load_split(dataset, "train", (size, size))[0])
-                row["recalibrated"] = True
             for split in splits:
                 images, truth[split] = load_split(dataset, split, (size, size))
-                outputs[split].append(probabilities(sized, images, columns))
-                row[split] = accuracy(truth[split], decide(outputs[split][-1]))
-            rows.append(row)
+                plain = probabilities(sized, images, columns)
+                outputs[False][split].append(plain)
+                if flip:
+                    outputs[True][split].append(
+                        ensemble([plain, probabilities(sized, mirrored(images), columns)]))
+            rows += [scored_row(member.name, size, outputs[view], truth, -1,  # this member's
+                                recalibrated, view) for view in views]
             log(f"{member.name} at {size}: {time.monotonic() - started:.0f} s")
         if len(members) > 1:
-            rows.append({"model": f"ensemble of {len(members)}", "size": size,
-                         **({"recalibrated": True} if recalibrated else {}),
-                         **{split: accuracy(truth[split], decide(ensemble(outputs[split])))
-                            for split in splits}})
+            rows += [scored_row(f"ensemble of {len(members)}", size, outputs[view], truth, None,
+                                recalibrated, view) for view in views]
     return rows
+
+
+def scored_row(name: str, size: int, outputs: dict[str, list[np.ndarray]], truth: dict,
+               member: int | None, recalibrated: bool, flip: bool) -> dict:
+    """One row: the accuracy of member `member`'s outputs, or of them all averaged (None)."""
+    row = {"model": name, "size": size, **({"recalibrated": True} if recalibrated else {}),
+           **({"flip": True} if flip else {})}
+    for split, answers in outputs.items():
+        answer = answers[member] if member is not None else ensemble(answers)
+        row[split] = accuracy(truth[split], decide(answer))
+    return row
 
 
 def check_classes(members: list[Member], classes: list[str]) -> None:
@@ -179,6 +202,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recalibrate", action="store_true",
                         help="first re-estimate BatchNorm's statistics at each size on the "
                         "training photos (FixRes's fix for a new test size; needs DIR/train)")
+    parser.add_argument("--flip", action="store_true",
+                        help="also score each model with each photo's answer averaged with its "
+                        "mirror image's (test-time flip; twice the inference)")
     parser.add_argument("--limit", type=int, help="at most N photos per class per split "
                         "(quick looks)")
     parser.add_argument("--json", action="store_true",
@@ -207,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         import_keras()
         rows = evaluate(members, dataset, sizes, splits,
                         log=lambda line: print(line, file=sys.stderr),
-                        recalibrated=args.recalibrate)
+                        recalibrated=args.recalibrate, flip=args.flip)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -220,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.recalibrate:
             print("BatchNorm statistics re-estimated at each size on the training photos")
         print(markdown_table(["model", "input", *splits],
-                             [[row["model"], row["size"], *(percent(row[split])
-                                                            for split in splits)]
+                             [[row["model"] + (" + flip" if row.get("flip") else ""),
+                               row["size"], *(percent(row[split]) for split in splits)]
                               for row in rows]))
     return 0
 
