@@ -10,7 +10,9 @@ skipped), exports the run of each augmented recipe with the best validation accu
 full-int8 TFLite and ONNX, runs the parity check on the test split, and writes
 docs/results.md with its figures and the JSON of numbers behind them. --models also copies
 those runs' int8 files (and the plus run's model.keras) into the folder of shipped models and
-writes their cards. Interrupted, it picks up where it stopped.
+writes their cards. Interrupted, it picks up where it stopped. --page-only rewrites
+docs/results.md from the results.json beside it and docs/results_notes.md, nothing trained:
+for a change to the hand-written notes.
 """
 
 from __future__ import annotations
@@ -209,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(and the plus run's model.keras) into this folder, with their cards")
     parser.add_argument("--no-train", action="store_true",
                         help="train nothing: report the runs already finished")
+    parser.add_argument("--page-only", action="store_true",
+                        help="train, export and read no run: rewrite the page from the "
+                        "results.json beside it and results_notes.md (after editing the notes)")
     args = parser.parse_args(argv)
     recipes = args.recipes.split(",")
     unknown = sorted(set(recipes) - set(RECIPES))
@@ -221,10 +226,35 @@ def main(argv: list[str] | None = None) -> int:
     recipe_option = [] if args.recipes == parser.get_default("recipes") else [
         "--recipes", args.recipes]
     try:
+        if args.page_only:
+            return rewrite_page(args.docs)
         return reproduce(args, recipes, seeds, recipe_option)
     except (DataError, ExportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def rewrite_page(docs: Path) -> int:
+    """The page written again from results.json and the notes: the curves redrawn from those
+    results.json keeps, else the figure an earlier report drew is kept as it is."""
+    numbers_path = docs.with_name("results.json")
+    report = earlier_report(numbers_path)
+    if not report.get("recipes"):
+        raise ExportError(f"{numbers_path}: holds no results to write the page from; run "
+                          "export/reproduce.py without --page-only first")
+    figure = docs.with_name("results_curves.png")
+    curves = report.get("curves") or {}
+    if curves:
+        curves_figure(curves, figure)
+        drawn = list(curves)
+    elif figure.is_file():
+        drawn = list(report["recipes"])  # drawn by the report that wrote these rows
+    else:
+        raise ExportError(f"{numbers_path}: keeps no curves and {figure} is missing; "
+                          "reproducing the recipes draws them")
+    write_markdown(docs, report["recipes"], report.get("exported", {}), figure, drawn)
+    print(f"wrote {docs}")
+    return 0
 
 
 def reproduce(args: argparse.Namespace, recipes: list[str], seeds: list[int],

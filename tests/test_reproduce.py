@@ -1,9 +1,10 @@
 """export/reproduce.py end to end in quick mode: runs, export, parity, docs; then resumes."""
 
 import json
+import shutil
 
 import pytest
-from conftest import run_script
+from conftest import REPO, run_script
 
 
 def test_a_report_keeps_the_recipes_it_did_not_report_in_their_order():
@@ -20,6 +21,41 @@ def test_a_report_keeps_the_recipes_it_did_not_report_in_their_order():
     assert list(report["curves"]) == ["baseline", "plus"]
     assert keep_previous(report, {}) == [] and list(report["recipes"]) == ["baseline", "plus"]
 
+
+
+def test_page_only_rewrites_the_page_from_results_json_and_the_notes(tmp_path, capsys):
+    from edgeconv.export.reproduce import main
+
+    docs = tmp_path / "results.md"
+    assert main(["--docs", str(docs), "--page-only"]) == 2  # nothing to write it from
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'results.json'}: holds no results to write the page from; run "
+        "export/reproduce.py without --page-only first")
+
+    shutil.copy(REPO / "docs" / "results.json", tmp_path)
+    report = json.loads((tmp_path / "results.json").read_text())
+    (tmp_path / "results_notes.md").write_text("## A finding\n\nWritten by hand.\n")
+    assert main(["--docs", str(docs), "--page-only"]) == 2  # no curves, no figure to keep
+    assert "keeps no curves" in capsys.readouterr().err
+
+    figure = tmp_path / "results_curves.png"
+    figure.write_bytes(b"the earlier report's figure")
+    assert main(["--docs", str(docs), "--page-only"]) == 0
+    page = docs.read_text()
+    assert page.endswith("## A finding\n\nWritten by hand.\n")
+    for stats in report["recipes"].values():
+        assert f"{100 * stats['test_accuracy']['mean']:.1f}%" in page
+    assert "No curves are kept" not in page  # the kept figure shows every recipe's
+    assert figure.read_bytes() == b"the earlier report's figure"
+
+    history = {"accuracy": [0.6, 0.8], "loss": [0.7, 0.5], "val_accuracy": [0.55, 0.7],
+               "val_loss": [0.72, 0.6]}
+    report["curves"] = {"plus": {"seed": 0, "history": history}}
+    (tmp_path / "results.json").write_text(json.dumps(report))
+    assert main(["--docs", str(docs), "--page-only"]) == 0
+    assert figure.read_bytes().startswith(b"\x89PNG")  # redrawn from the kept curves
+    kept = [recipe for recipe in report["recipes"] if recipe != "plus"]
+    assert f"No curves are kept for {', '.join(kept)}" in docs.read_text()
 
 @pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"\xff\xfe"])
 def test_a_damaged_results_json_is_a_one_line_error_before_any_training(real_data, tmp_path,
