@@ -61,6 +61,11 @@ def spread(values: list[float]) -> dict:
             "n": len(values), "values": values}
 
 
+# What write_markdown reads from each recipe's row: an earlier results.json must have them.
+ROW_KEYS = ("epochs", "val_accuracy", "test_accuracy", "train_minutes", "images_per_second",
+            "precision", "backend", "hardware", "keras")
+
+
 def summarize(finished: dict[str, list]) -> dict:
     summary = {}
     for recipe, runs in finished.items():
@@ -114,7 +119,10 @@ def earlier_report(path: Path) -> dict:
         report = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         report = None
-    if not isinstance(report, dict) or not isinstance(report.get("recipes", {}), dict):
+    rows = report.get("recipes", {}) if isinstance(report, dict) else None
+    if not isinstance(rows, dict) or not all(
+            isinstance(row, dict) and all(key in row for key in ROW_KEYS)
+            for row in rows.values()):
         raise ExportError(f"{path} is not a results.json that export/reproduce.py wrote; move "
                           "it away to start the page afresh")
     return report

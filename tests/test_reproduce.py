@@ -22,7 +22,6 @@ def test_a_report_keeps_the_recipes_it_did_not_report_in_their_order():
     assert keep_previous(report, {}) == [] and list(report["recipes"]) == ["baseline", "plus"]
 
 
-
 def test_page_only_rewrites_the_page_from_results_json_and_the_notes(tmp_path, capsys):
     from edgeconv.export.reproduce import main
 
@@ -57,7 +56,9 @@ def test_page_only_rewrites_the_page_from_results_json_and_the_notes(tmp_path, c
     kept = [recipe for recipe in report["recipes"] if recipe != "plus"]
     assert f"No curves are kept for {', '.join(kept)}" in docs.read_text()
 
-@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"\xff\xfe",
+                                     b'{"recipes": {"plus": {"epochs": 120}}}'])
 def test_a_damaged_results_json_is_a_one_line_error_before_any_training(real_data, tmp_path,
                                                                        content):
     numbers = tmp_path / "docs" / "results.json"

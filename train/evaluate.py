@@ -146,24 +146,23 @@ def evaluate(members: list[Member], dataset, sizes: list[int], splits: list[str]
                 if flip:
                     outputs[True][split].append(
                         ensemble([plain, probabilities(sized, mirrored(images), columns)]))
-            rows += [scored_row(member.name, size, outputs[view], truth, -1,  # this member's
-                                recalibrated, view) for view in views]
+            rows += [scored_row(member.name, size, {split: outputs[view][split][-1]
+                                                    for split in splits},
+                                truth, recalibrated, view) for view in views]
             log(f"{member.name} at {size}: {time.monotonic() - started:.0f} s")
         if len(members) > 1:
-            rows += [scored_row(f"ensemble of {len(members)}", size, outputs[view], truth, None,
-                                recalibrated, view) for view in views]
+            rows += [scored_row(f"ensemble of {len(members)}", size,
+                                {split: ensemble(outputs[view][split]) for split in splits},
+                                truth, recalibrated, view) for view in views]
     return rows
 
 
-def scored_row(name: str, size: int, outputs: dict[str, list[np.ndarray]], truth: dict,
-               member: int | None, recalibrated: bool, flip: bool) -> dict:
-    """One row: the accuracy of member `member`'s outputs, or of them all averaged (None)."""
-    row = {"model": name, "size": size, **({"recalibrated": True} if recalibrated else {}),
-           **({"flip": True} if flip else {})}
-    for split, answers in outputs.items():
-        answer = answers[member] if member is not None else ensemble(answers)
-        row[split] = accuracy(truth[split], decide(answer))
-    return row
+def scored_row(name: str, size: int, answers: dict[str, np.ndarray], truth: dict,
+               recalibrated: bool, flip: bool) -> dict:
+    """One row: the accuracy of each split's answers."""
+    return {"model": name, "size": size, **({"recalibrated": True} if recalibrated else {}),
+            **({"flip": True} if flip else {}),
+            **{split: accuracy(truth[split], decide(answer)) for split, answer in answers.items()}}
 
 
 def check_classes(members: list[Member], classes: list[str]) -> None:
